@@ -1,0 +1,5 @@
+"""Run ``python -m mirror``."""
+
+from mirror.cli import main
+
+raise SystemExit(main())

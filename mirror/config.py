@@ -1,0 +1,261 @@
+"""
+One frozen config tree, loaded once from ``config.toml`` and passed down.
+
+Defaults live here; the file is optional and only overrides. Every key is validated when the tree
+is built, and a bad key or value raises :class:`ConfigError` naming ``section.key``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mirror.errors import ConfigError
+
+DEFAULT_WRAPPERS: tuple[str, ...] = (
+    # cors.zfour.workers.dev and every other Cloudflare worker taking the inner URL as the query.
+    r"^(?:https?:)?//[a-z0-9.-]+\.workers\.dev/?\?(?P<url>.+)$",
+    r"^(?:https?:)?//(?:images\.weserv\.nl|wsrv\.nl)/?\?(?:[^#]*?&)?url=(?P<url>[^&#]+)",
+    r"^(?:https?:)?//corsproxy\.io/?\?(?:url=)?(?P<url>.+)$",
+    r"^(?:https?:)?//[^/?#]*cors-anywhere[^/?#]*/(?P<url>(?:https?:)?//.+)$",
+)
+
+DEFAULT_FRONT_MATTER_KEYS = ("headimg", "thumbnail", "cover", "top_img", "banner")
+DEFAULT_INCLUDE = ("*.md", "*.markdown", "*.html", "*.htm")
+MiB = 1024 * 1024
+
+
+def _need(key: str, ok: bool, problem: str) -> None:
+    if not ok:
+        raise ConfigError(key, problem)
+
+
+def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    _need(key, value in allowed, f"must be one of {', '.join(map(repr, allowed))}, not {value!r}")
+
+
+def _positive(key: str, value: float) -> None:
+    _need(key, value > 0, f"must be positive, not {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ScanConfig:
+    """Which files are posts and what counts as an image reference in them."""
+
+    include: tuple[str, ...] = DEFAULT_INCLUDE
+    front_matter_keys: tuple[str, ...] = DEFAULT_FRONT_MATTER_KEYS
+    raw: str = "paired"
+    wrappers: tuple[str, ...] = DEFAULT_WRAPPERS
+    max_post_bytes: int = 128 * MiB
+
+    def __post_init__(self) -> None:
+        _need("scan.include", bool(self.include), "needs at least one glob")
+        _one_of("scan.raw", self.raw, ("paired", "all"))
+        _positive("scan.max_post_bytes", self.max_post_bytes)
+        for pattern in self.wrappers:
+            try:
+                compiled = re.compile(pattern, re.IGNORECASE)
+            except re.error as exc:
+                raise ConfigError("scan.wrappers", f"{pattern!r} is not a regex: {exc}") from exc
+            _need("scan.wrappers", "url" in compiled.groupindex, f"{pattern!r} has no (?P<url>...)")
+
+
+@dataclass(frozen=True, slots=True)
+class FetchConfig:
+    """How images are downloaded."""
+
+    jobs: int = 32
+    per_host: int = 6
+    sources: tuple[str, ...] = ("origin", "proxy")
+    user_agent: str = "Mozilla/5.0 (compatible; mirror/0.1; +image rescue)"
+    connect_timeout: float = 10.0
+    read_timeout: float = 20.0
+    total_timeout: float = 60.0
+    attempts: int = 3
+    backoff_initial: float = 0.5
+    backoff_max: float = 8.0
+    retry_after_cap: float = 10.0
+    max_bytes: int = 20 * MiB
+    max_redirects: int = 5
+
+    def __post_init__(self) -> None:
+        for name in ("jobs", "per_host", "attempts", "max_bytes"):
+            _positive(f"fetch.{name}", getattr(self, name))
+        for name in ("connect_timeout", "read_timeout", "total_timeout", "backoff_max"):
+            _positive(f"fetch.{name}", getattr(self, name))
+        _need("fetch.backoff_initial", self.backoff_initial >= 0, "must not be negative")
+        _need("fetch.retry_after_cap", self.retry_after_cap >= 0, "must not be negative")
+        _need("fetch.max_redirects", self.max_redirects >= 0, "must not be negative")
+        _need("fetch.sources", bool(self.sources), "needs at least one source")
+        for source in self.sources:
+            _one_of("fetch.sources", source, ("origin", "proxy"))
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyConfig:
+    """How downloaded bytes are proven to be the declared image."""
+
+    mode: str = "structure"
+    size_check: str = "aspect"
+    aspect_tolerance: float = 0.02
+    max_pixels: int = 50_000_000
+    formats: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "AVIF", "HEIF")
+
+    def __post_init__(self) -> None:
+        _one_of("verify.mode", self.mode, ("structure", "decode"))
+        _one_of("verify.size_check", self.size_check, ("aspect", "exact", "off"))
+        _need("verify.aspect_tolerance", 0 <= self.aspect_tolerance < 1, "must be in [0, 1)")
+        _positive("verify.max_pixels", self.max_pixels)
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkConfig:
+    """Where connections may go."""
+
+    connect_to: tuple[str, ...] = ()
+    cacert: str = ""
+    allow_private: bool = False
+    allowed_ports: tuple[int, ...] = (80, 443)
+
+    def __post_init__(self) -> None:
+        for entry in self.connect_to:
+            parse_connect_to(entry)
+        for port in self.allowed_ports:
+            _need("network.allowed_ports", 0 < port < 65536, f"{port} is not a TCP port")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """Where verified objects and the manifest live."""
+
+    path: str = "cache"
+    durability: str = "crash"
+
+    def __post_init__(self) -> None:
+        _need("store.path", bool(self.path), "must not be empty")
+        _one_of("store.durability", self.durability, ("crash", "power"))
+
+
+@dataclass(frozen=True, slots=True)
+class RewriteConfig:
+    """What rewritten posts point at."""
+
+    base_url: str = "/mirror/"
+
+    def __post_init__(self) -> None:
+        _need("rewrite.base_url", self.base_url.endswith("/"), "must end with '/'")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole tree; build it with :func:`load_config`, change it with ``dataclasses.replace``."""
+
+    scan: ScanConfig = field(default_factory=ScanConfig)
+    fetch: FetchConfig = field(default_factory=FetchConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    rewrite: RewriteConfig = field(default_factory=RewriteConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectTo:
+    """One curl-style ``HOST:PORT:HOST2:PORT2`` entry; an empty left side matches any."""
+
+    host: str
+    port: int | None
+    to_host: str
+    to_port: int | None
+
+
+def parse_connect_to(entry: str) -> ConnectTo:
+    """
+    Parse ``HOST:PORT:HOST2:PORT2`` (IPv6 literals in brackets).
+
+    Raises:
+        ConfigError: the entry is malformed.
+    """
+    parts = re.fullmatch(r"(\[[^\]]*\]|[^:\[\]]*):(\d*):(\[[^\]]*\]|[^:\[\]]*):(\d*)", entry)
+    if parts is None:
+        raise ConfigError("network.connect_to", f"{entry!r} is not HOST:PORT:HOST2:PORT2")
+    host, port, to_host, to_port = parts.groups()
+    return ConnectTo(
+        host.strip("[]").lower(),
+        int(port) if port else None,
+        to_host.strip("[]"),
+        int(to_port) if to_port else None,
+    )
+
+
+def _convert(key: str, value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        _need(key, isinstance(value, list), f"must be a list, not {type(value).__name__}")
+        (item_hint, _ellipsis) = typing.get_args(hint)
+        return tuple(_convert(key, item, item_hint) for item in value)
+    if hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        _need(key, ok, f"must be a number, not {value!r}")
+        return float(value)
+    if hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        _need(key, ok, f"must be an integer, not {value!r}")
+        return value
+    _need(key, isinstance(value, hint), f"must be a {hint.__name__}, not {value!r}")
+    return value
+
+
+def _section(name: str, cls: type[Any], table: Any) -> Any:
+    _need(name, isinstance(table, dict), "must be a table")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in table.items():
+        _need(f"{name}.{key}", key in known, "unknown key")
+        kwargs[key] = _convert(f"{name}.{key}", value, hints[key])
+    return cls(**kwargs)
+
+
+def config_from_mapping(data: Mapping[str, Any]) -> Config:
+    """
+    Build a validated :class:`Config` from parsed TOML.
+
+    Raises:
+        ConfigError: an unknown section or key, or a bad value.
+    """
+    hints = typing.get_type_hints(Config)
+    sections = {}
+    for name, table in data.items():
+        _need(name, name in hints, "unknown section")
+        sections[name] = _section(name, hints[name], table)
+    return Config(**sections)
+
+
+def load_config(path: Path | None) -> Config:
+    """
+    Load ``path``, or ./config.toml when it exists and no path is given, else the defaults.
+
+    Raises:
+        ConfigError: the file is missing, is not TOML, or holds a bad key or value.
+    """
+    if path is None:
+        default = Path("config.toml")
+        if not default.is_file():
+            return Config()
+        path = default
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError as exc:
+        raise ConfigError(str(path), "no such file") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), f"cannot read: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"not valid TOML: {exc}") from exc
+    return config_from_mapping(data)

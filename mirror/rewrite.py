@@ -1,0 +1,147 @@
+"""
+Pure: (post, mapping source → new URL) → new post bytes and the spans replaced.
+
+Only the URL spans of mapped references change; every other byte (quoting, entities, line
+endings, BOM, trailing spaces, undecodable bytes) stays identical. Parser output is never written
+back. The new URL is encoded for where it stands.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from mirror.extract import Extractor
+from mirror.models import ImageRef, Span
+
+_YAML_PLAIN_SAFE = re.compile(r"[^\s\-?:,\[\]{}#&*!|>'\"%@`](?:[^\s#:]|:(?!\s)|#(?<!\s#))*")
+_HTML_UNQUOTED_UNSAFE = re.compile(r"[\s\"'=<>`]")
+
+
+@dataclass(frozen=True, slots=True)
+class Rewritten:
+    """A rewrite's outcome: the new bytes and what was replaced, in document order."""
+
+    data: bytes
+    spans: tuple[Span, ...]
+    refs: tuple[ImageRef, ...]
+
+
+def decode(data: bytes) -> str:
+    """Decode a post so that :func:`encode` gives back the same bytes, whatever they are."""
+    return data.decode("utf-8", "surrogateescape")
+
+
+def encode(text: str) -> bytes:
+    """Encode text made by :func:`decode`."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _percent(url: str, unsafe: str) -> str:
+    return "".join(f"%{ord(c):02X}" if c in unsafe else c for c in url)
+
+
+def encode_url(url: str, syntax: str, quote: str) -> str:
+    """Encode ``url`` for a span of the given syntax and quoting (see :class:`ImageRef`)."""
+    if syntax == "yaml":
+        if quote == "'":
+            return url.replace("'", "''")
+        if quote == '"':
+            return url.replace("\\", "\\\\").replace('"', '\\"')
+        if _YAML_PLAIN_SAFE.fullmatch(url):
+            return url
+        return "'" + url.replace("'", "''") + "'"
+    if syntax == "md":
+        return _percent(url, " \t\n()<>")
+    if syntax == "md-angle":
+        return _percent(url, "\n<>")
+    if syntax == "srcset":
+        url = _percent(url, " \t\n\r\f")
+        if url.endswith(","):
+            url = url[:-1] + "%2C"
+    elif syntax == "css":
+        url = _percent(url, " \t\n\r\f\"'()\\")
+    escaped = url.replace("&", "&amp;")
+    if quote == '"':
+        return escaped.replace('"', "&quot;")
+    if quote == "'":
+        return escaped.replace("'", "&#39;")
+    if syntax == "attr" and (not escaped or _HTML_UNQUOTED_UNSAFE.search(escaped)):
+        return '"' + escaped.replace('"', "&quot;") + '"'
+    if syntax != "attr":
+        return _percent(escaped, " \t\n\r\f\"'=<>`")
+    return escaped
+
+
+def replace(
+    text: str, refs: Sequence[ImageRef], mapping: Mapping[str, str]
+) -> tuple[str, tuple[Span, ...]]:
+    """
+    Replace the spans of ``refs`` whose source is in ``mapping``.
+
+    Returns:
+        The new text and the spans, with byte offsets into the original's UTF-8 encoding.
+    """
+    pieces: list[str] = []
+    spans: list[Span] = []
+    char_at = 0
+    byte_at = 0
+    for ref in sorted(refs, key=lambda r: r.start):
+        target = mapping.get(ref.source)
+        if target is None:
+            continue
+        new = encode_url(target, ref.syntax, ref.quote)
+        old = text[ref.start : ref.end]
+        if new == old:
+            continue
+        before = text[char_at : ref.start]
+        byte_at += len(encode(before))
+        pieces.append(before)
+        pieces.append(new)
+        spans.append(Span(byte_at, old, new))
+        byte_at += len(encode(old))
+        char_at = ref.end
+    if not spans:
+        return text, ()
+    pieces.append(text[char_at:])
+    return "".join(pieces), tuple(spans)
+
+
+def rewrite(data: bytes, mapping: Mapping[str, str], extractor: Extractor, post: str) -> Rewritten:
+    """
+    Rewrite one post's bytes.
+
+    Args:
+        data: the post as read.
+        mapping: source URL → new URL.
+        extractor: finds the references.
+        post: the post's name, for the references returned.
+    """
+    text = decode(data)
+    refs = extractor(text, post)
+    new_text, spans = replace(text, refs, mapping)
+    return Rewritten(data if not spans else encode(new_text), spans, tuple(refs))
+
+
+def undo(data: bytes, spans: Sequence[Span]) -> bytes:
+    """
+    Put back the original text of ``spans`` in the rewritten ``data``.
+
+    Raises:
+        ValueError: the bytes at a span are no longer what the rewrite wrote.
+    """
+    out = bytearray()
+    shift = 0
+    at = 0
+    for span in sorted(spans, key=lambda s: s.offset):
+        new, old = encode(span.new), encode(span.old)
+        start = span.offset + shift
+        if data[start : start + len(new)] != new:
+            raise ValueError(f"the text at byte {span.offset} changed since it was rewritten")
+        out += data[at:start]
+        out += old
+        at = start + len(new)
+        shift += len(new) - len(old)
+    out += data[at:]
+    return bytes(out)

@@ -1,0 +1,114 @@
+"""
+The post files' edge: find them under the PATH arguments, read them, and write them back safely.
+
+Posts are streamed one at a time so memory stays flat however large the archive is.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from mirror.config import ScanConfig
+from mirror.errors import StoreError
+from mirror.models import Post
+from mirror.store import atomic_write
+
+log = logging.getLogger("mirror.scan")
+
+
+def _matches(name: str, include: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in include)
+
+
+def find_posts(paths: Sequence[Path], config: ScanConfig) -> Iterator[tuple[Path, str]]:
+    """
+    Yield (file, name relative to its PATH argument, '/'-separated) in a stable order.
+
+    A file argument is taken whatever its name; folders are walked for ``config.include``.
+    Hidden folders (``.git``) are skipped and symlinked folders are not followed, so a loop of
+    links cannot make the walk endless.
+    """
+    for root in paths:
+        if root.is_file():
+            yield root, root.name
+            continue
+        if not root.is_dir():
+            log.warning("no such file or folder: %s", root)
+            continue
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(files):
+                if _matches(name, config.include):
+                    path = Path(folder) / name
+                    yield path, path.relative_to(root).as_posix()
+
+
+def read_post(path: Path, rel: str, config: ScanConfig) -> Post | None:
+    """Read one post; on trouble, warn naming the file and return None."""
+    try:
+        size = path.stat().st_size
+        if size > config.max_post_bytes:
+            log.warning(
+                "skipped %s: %d bytes is over scan.max_post_bytes (%d)",
+                path,
+                size,
+                config.max_post_bytes,
+            )
+            return None
+        data = path.read_bytes()
+    except OSError as exc:
+        log.warning("skipped %s: cannot read it: %s", path, exc.strerror or exc)
+        return None
+    if b"\0" in data:
+        log.warning("skipped %s: it holds NUL bytes, so it is not a text post", path)
+        return None
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        log.warning(
+            "%s is not valid UTF-8 (byte %d); its undecodable bytes are kept as they are",
+            path,
+            exc.start,
+        )
+    return Post(path, rel, data)
+
+
+def iter_posts(paths: Sequence[Path], config: ScanConfig) -> Iterator[Post]:
+    """Yield every readable post under ``paths``."""
+    for path, rel in find_posts(paths, config):
+        post = read_post(path, rel, config)
+        if post is not None:
+            yield post
+
+
+def write_post(post: Post, data: bytes, out: Path | None = None) -> bool:
+    """
+    Write a post's new bytes atomically, in place or under ``out`` at its relative path.
+
+    In place, the file is read again right before the replace: when a generator rewrote it
+    meanwhile, it is left alone (the next run takes it) and False is returned.
+
+    Raises:
+        StoreError: the file cannot be written (a full disk, no permission).
+    """
+    if out is not None:
+        target = out.joinpath(*post.rel.split("/"))
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create {target.parent}: {exc.strerror or exc}") from exc
+        atomic_write(target, data)
+        return True
+    try:
+        current = post.path.read_bytes()
+    except OSError as exc:
+        raise StoreError(f"cannot read {post.path} again: {exc.strerror or exc}") from exc
+    if current != post.data:
+        log.warning("left %s alone: it changed on disk while mirror worked on it", post.path)
+        return False
+    atomic_write(post.path, data)
+    return True

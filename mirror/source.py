@@ -1,0 +1,127 @@
+"""
+Pure: a URL as a post writes it → the source URL that identifies the image everywhere later.
+
+The source is the manifest key, the ``--map`` key and the proxy's lookup key, so its rules are
+fixed: the inner URL of a wrapper with entities already decoded; percent-decoded once only when it
+starts with ``http%3A``/``https%3A``; otherwise verbatim (a trailing empty ``?`` included); scheme
+and host lowercased, a default port and any fragment dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+_URL = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*):"
+    r"//(?P<userinfo>[^/?#@]*@)?(?P<host>\[[^\]]*\]|[^/?#:]*)(?::(?P<port>[0-9]*))?"
+    r"(?P<rest>[^#]*)(?:#.*)?",
+    re.DOTALL,
+)
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+_ENCODED_INNER = re.compile(r"https?%3a", re.IGNORECASE)
+_IMAGE_PATH = re.compile(
+    r"\.(?:jpe?g|jfif|png|gif|webp|bmp|avif|heic|heif)(?:![\w.-]*)?$", re.IGNORECASE
+)
+# Nested wrappers exist (a weserv URL put through the worker); unwrapping is bounded.
+_MAX_NESTING = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Classified:
+    """What a URL turned out to be."""
+
+    source: str
+    proxied: bool
+
+
+def normalize(url: str) -> str | None:
+    """
+    Return the canonical form of an absolute http(s) URL, or None when it is not one.
+
+    Only the scheme, host, default port and fragment change; path and query stay byte-identical
+    because origins treat them as opaque.
+    """
+    match = _URL.fullmatch(url)
+    if match is None:
+        return None
+    scheme = match["scheme"].lower()
+    host = match["host"].lower()
+    if scheme not in _DEFAULT_PORTS or not host:
+        return None
+    port = match["port"]
+    netloc = (match["userinfo"] or "") + host
+    if port and port != _DEFAULT_PORTS[scheme]:
+        netloc += f":{port}"
+    return f"{scheme}://{netloc}{match['rest']}"
+
+
+def _absolute(url: str) -> str:
+    if url.startswith("//"):
+        return "https:" + url
+    return url
+
+
+def _inner_absolute(inner: str) -> str:
+    """Give a wrapper's inner URL a scheme the way the proxies themselves do."""
+    if _ENCODED_INNER.match(inner):
+        inner = unquote(inner)
+    if inner.startswith("//"):
+        return "http:" + inner
+    if inner[:4].lower() == "ssl:":
+        # images.weserv.nl's own spelling of https.
+        return "https://" + inner[4:]
+    if "://" not in inner[:12]:
+        return "http://" + inner
+    return inner
+
+
+class Classifier:
+    """Recognises proxy wrappers; built once from the configured patterns."""
+
+    def __init__(self, wrappers: tuple[str, ...]) -> None:
+        self._wrappers = tuple(re.compile(p, re.IGNORECASE) for p in wrappers)
+
+    def unwrap(self, url: str) -> str | None:
+        """Return the inner URL when ``url`` is a wrapper, else None."""
+        for pattern in self._wrappers:
+            match = pattern.match(url)
+            if match is not None and match["url"]:
+                return _inner_absolute(match["url"])
+        return None
+
+    def classify(self, decoded: str) -> Classified | None:
+        """
+        Classify an entity-decoded URL as a wrapped or raw remote reference.
+
+        Returns:
+            None for relative, data: and other non-http URLs, and for wrappers whose inner URL
+            is not an absolute http(s) URL.
+        """
+        url = decoded.strip(" \t\n\r\f")
+        inner = self.unwrap(url)
+        if inner is None:
+            if any(p.match(url + "http://x") for p in self._wrappers):
+                return None  # a wrapper with nothing inside: not an image anywhere
+            source = normalize(_absolute(url))
+            return None if source is None else Classified(source, proxied=False)
+        for _ in range(_MAX_NESTING):
+            deeper = self.unwrap(inner)
+            if deeper is None:
+                break
+            inner = deeper
+        source = normalize(inner)
+        return None if source is None else Classified(source, proxied=True)
+
+
+def looks_like_image(source: str) -> bool:
+    """Tell whether the URL's path ends in an image file name (jandan's ``!custom`` allowed)."""
+    path = source.split("?", 1)[0]
+    return _IMAGE_PATH.search(path) is not None
+
+
+def origin_host(source: str) -> str:
+    """Return the host (with a non-default port) of a normalized source URL."""
+    rest = source.split("://", 1)[-1]
+    return re.split(r"[/?#]", rest, maxsplit=1)[0].rsplit("@", 1)[-1]

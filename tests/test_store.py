@@ -1,0 +1,246 @@
+"""Tests for the content-addressed store and atomic_write, on real files."""
+
+# The project writes asserts as `expected == actual`, which SIM300 calls a Yoda condition.
+# ruff: noqa: SIM300
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from mirror.errors import StoreError
+from mirror.models import StoredObject
+from mirror.store import LocalStore, ObjectStore, atomic_write, local_url
+
+DATA = b"\xff\xd8\xff\xe0 not really a jpeg \xff\xd9"
+SHA = hashlib.sha256(DATA).hexdigest()
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_relpath_and_path_follow_the_public_layout(tmp_path: Path) -> None:
+    """Objects live at objects/<first two hex>/<sha256>.<ext>."""
+    store = LocalStore(tmp_path)
+    assert f"objects/{SHA[:2]}/{SHA}.jpg" == store.relpath(SHA, "jpg")
+    assert tmp_path / "objects" / SHA[:2] / f"{SHA}.jpg" == store.path(SHA, "jpg")
+
+
+def test_local_url_depends_only_on_the_bytes() -> None:
+    """The local URL is the base URL, the shard and the object name."""
+    assert f"/mirror/{SHA[:2]}/{SHA}.png" == local_url("/mirror/", SHA, "png")
+
+
+@pytest.mark.parametrize(
+    ("sha", "ext"), [("../" + SHA[3:], "jpg"), (SHA.upper(), "jpg"), (SHA, "j/g")]
+)
+def test_malformed_keys_are_refused(tmp_path: Path, sha: str, ext: str) -> None:
+    """A key that is not lowercase hex plus a plain extension never becomes a path."""
+    with pytest.raises(ValueError, match="not"):
+        LocalStore(tmp_path).path(sha, ext)
+
+
+def test_put_writes_the_object_and_reads_it_back(tmp_path: Path) -> None:
+    """put stores the bytes under their hash and read returns them."""
+    store = LocalStore(tmp_path)
+    stored = store.put(DATA, SHA, "jpg")
+    assert StoredObject(SHA, "jpg", len(DATA), f"objects/{SHA[:2]}/{SHA}.jpg") == stored
+    assert DATA == store.read(SHA, "jpg")
+    assert store.has(SHA, "jpg")
+    assert [f"objects/{SHA[:2]}/{SHA}.jpg"] == _files(tmp_path)
+
+
+def test_put_is_idempotent_and_stores_same_bytes_once(tmp_path: Path) -> None:
+    """Putting the same bytes again leaves the one existing file untouched."""
+    store = LocalStore(tmp_path)
+    store.put(DATA, SHA, "jpg")
+    path = store.path(SHA, "jpg")
+    before = path.stat()
+    store.put(DATA, SHA, "jpg")
+    after = path.stat()
+    assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
+    assert 1 == len(_files(tmp_path))
+
+
+def test_put_replaces_an_object_of_the_wrong_size(tmp_path: Path) -> None:
+    """A truncated object left behind is rewritten in full."""
+    store = LocalStore(tmp_path)
+    path = store.path(SHA, "jpg")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(DATA[:5])
+    store.put(DATA, SHA, "jpg")
+    assert DATA == path.read_bytes()
+
+
+def test_power_durability_stores_the_same_way(tmp_path: Path) -> None:
+    """The fsyncing mode produces the same layout."""
+    store = LocalStore(tmp_path / "store", durability="power")
+    store.put(DATA, SHA, "jpg")
+    assert [(SHA, "jpg")] == list(store.iter_objects())
+
+
+def test_temp_files_are_invisible_and_cleaned(tmp_path: Path) -> None:
+    """A temp file left by a killed writer is not an object, and cleanup_temp removes it."""
+    store = LocalStore(tmp_path)
+    store.put(DATA, SHA, "jpg")
+    shard = store.path(SHA, "jpg").parent
+    leftover = shard / f".{SHA}.jpg.0123456789ab.tmp"
+    leftover.write_bytes(DATA[:3])
+    (shard / "README").write_text("stray")
+    assert [(SHA, "jpg")] == list(store.iter_objects())
+    assert 0 == store.cleanup_temp()
+    old = time.time() - 7200
+    os.utime(leftover, (old, old))
+    assert 1 == store.cleanup_temp()
+    assert not leftover.exists()
+    assert store.has(SHA, "jpg")
+
+
+def test_iter_objects_on_an_empty_store_yields_nothing(tmp_path: Path) -> None:
+    """A store that was never written has no objects."""
+    assert [] == list(LocalStore(tmp_path / "none").iter_objects())
+
+
+def test_remove_deletes_and_reports(tmp_path: Path) -> None:
+    """remove tells whether the object was there."""
+    store = LocalStore(tmp_path)
+    store.put(DATA, SHA, "jpg")
+    assert (True, False) == (store.remove(SHA, "jpg"), store.remove(SHA, "jpg"))
+    assert not store.has(SHA, "jpg")
+
+
+def test_read_of_a_missing_object_is_a_store_error(tmp_path: Path) -> None:
+    """Reading an object that is not there names it."""
+    with pytest.raises(StoreError, match=SHA):
+        LocalStore(tmp_path).read(SHA, "jpg")
+
+
+def test_put_on_a_full_disk_is_a_store_error_and_leaves_no_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC while writing an object says the disk is full and leaves nothing behind."""
+    store = LocalStore(tmp_path)
+
+    def full(fd: int, data: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(StoreError, match="disk is full"):
+        store.put(DATA, SHA, "jpg")
+    assert [] == _files(tmp_path)
+
+
+def test_local_store_satisfies_the_protocol(tmp_path: Path) -> None:
+    """LocalStore can stand wherever an ObjectStore is expected."""
+    store: ObjectStore = LocalStore(tmp_path)
+    assert f"objects/{SHA[:2]}/{SHA}.gif" == store.relpath(SHA, "gif")
+
+
+def test_atomic_write_creates_and_replaces(tmp_path: Path) -> None:
+    """atomic_write creates a new file, then replaces it whole."""
+    post = tmp_path / "post.md"
+    atomic_write(post, b"one")
+    atomic_write(post, b"two")
+    assert b"two" == post.read_bytes()
+    assert ["post.md"] == _files(tmp_path)
+
+
+def test_atomic_write_keeps_mode(tmp_path: Path) -> None:
+    """The replaced file keeps the original's permission bits."""
+    post = tmp_path / "post.md"
+    post.write_bytes(b"old")
+    post.chmod(0o640)
+    atomic_write(post, b"new", fsync=False)
+    assert 0o640 == stat.S_IMODE(post.stat().st_mode)
+
+
+def test_atomic_write_follows_a_symlink(tmp_path: Path) -> None:
+    """Writing through a symlink changes its target and keeps the link."""
+    real = tmp_path / "real.md"
+    real.write_bytes(b"old")
+    link = tmp_path / "link.md"
+    link.symlink_to(real)
+    atomic_write(link, b"new")
+    assert (True, b"new") == (link.is_symlink(), real.read_bytes())
+
+
+def test_atomic_write_failing_replace_leaves_original_and_no_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the rename fails, the original stays and the temp file is removed."""
+    post = tmp_path / "post.md"
+    post.write_bytes(b"original")
+
+    def broken(src: object, dst: object) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "replace", broken)
+    with pytest.raises(StoreError, match="unchanged"):
+        atomic_write(post, b"new")
+    assert (b"original", ["post.md"]) == (post.read_bytes(), _files(tmp_path))
+
+
+def test_atomic_write_on_a_full_disk_keeps_the_original(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC gives a StoreError saying the disk is full, with the original intact."""
+    post = tmp_path / "post.md"
+    post.write_bytes(b"original")
+
+    def full(fd: int, data: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(StoreError, match="disk is full; nothing was half-written") as caught:
+        atomic_write(post, b"new")
+    assert errno.ENOSPC == getattr(caught.value.__cause__, "errno", None)
+    assert (b"original", ["post.md"]) == (post.read_bytes(), _files(tmp_path))
+
+
+def test_atomic_write_into_a_missing_folder_is_a_store_error(tmp_path: Path) -> None:
+    """A folder that does not exist is reported, not created."""
+    with pytest.raises(StoreError, match="cannot write"):
+        atomic_write(tmp_path / "nope" / "post.md", b"x")
+
+
+def test_atomic_write_leaves_no_temp_when_interrupted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Even a KeyboardInterrupt mid-write removes the temp file and passes through."""
+    post = tmp_path / "post.md"
+    post.write_bytes(b"original")
+
+    def interrupted(fd: int) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(post, b"new")
+    assert (b"original", ["post.md"]) == (post.read_bytes(), _files(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("code", "words"),
+    [(errno.EDQUOT, "quota exceeded"), (errno.EROFS, "read-only"), (errno.EACCES, "cannot write")],
+)
+def test_put_maps_os_errors_to_store_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, words: str
+) -> None:
+    """Quota, read-only and other OS errors while storing become a StoreError naming the file."""
+    store = LocalStore(tmp_path)
+
+    def refuse(src: object, dst: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(StoreError, match=words) as caught:
+        store.put(DATA, SHA, "jpg")
+    assert str(store.path(SHA, "jpg")) in str(caught.value)
+    assert [] == [p for p in _files(tmp_path) if p.endswith(".tmp")]
