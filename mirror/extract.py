@@ -33,6 +33,8 @@ _IMG_URL_ATTRS = frozenset(
 )
 # The declared size describes these; srcset candidates, GIF twins, links and styles may differ.
 _SIZED_ATTRS = frozenset({"src", "data-src", "data-original", "data-original-src", "data-lazy-src"})
+# Hexo renders these through Markdown; .html and anything else is taken as plain HTML.
+_MARKDOWN_SUFFIXES = (".md", ".markdown", ".mdown", ".mkd")
 _SRCSET_ATTRS = frozenset({"srcset", "data-srcset"})
 _FRONT_MATTER_OPEN = re.compile(r"\ufeff?(?:[ \t]*\r?\n)*---[ \t]*\r?\n")
 _FRONT_MATTER_CLOSE = re.compile(r"^(?:---|\.\.\.)[ \t]*\r?$", re.MULTILINE)
@@ -147,13 +149,14 @@ class Extractor:
 
         Args:
             text: the post decoded as by :func:`mirror.scan.decode_post`.
-            post: the name reports use for it.
+            post: the name reports use for it; its suffix says whether Markdown rules apply.
         """
         found = list(self._front_matter(text))
         span = front_matter_span(text)
         lexer = Lexer(text)
         element = len(found)
-        for event in lexer.events(0 if span is None else span[2]):
+        markdown = post.lower().endswith(_MARKDOWN_SUFFIXES)
+        for event in lexer.events(0 if span is None else span[2], markdown):
             element += 1
             if isinstance(event, Tag):
                 found.extend(self._tag(text, event, element))

@@ -209,8 +209,11 @@ class Lexer:
         self._code_depth = 0
         self.image_labels: set[str] = set()
 
-    def events(self, start: int) -> Iterator[Event]:
+    def events(self, start: int, markdown: bool = True) -> Iterator[Event]:
         """Yield every tag and Markdown link outside code, in document order."""
+        if not markdown:
+            yield from self._html(start, len(self.text))
+            return
         for kind, region_start, region_end in self._blocks(start):
             if kind == "html":
                 yield from self._html(region_start, region_end)

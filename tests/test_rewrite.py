@@ -78,7 +78,7 @@ def test_raw_twins_rewritten_with_their_wrapper() -> None:
 def test_undo_refuses_changed_text() -> None:
     """Undo checks that the rewritten text is still there."""
     data = f'<img src="{W}{SOURCES[0]}">'.encode()
-    result = rewrite(data, {SOURCES[0]: LOCAL}, EX, "p")
+    result = rewrite(data, {SOURCES[0]: LOCAL}, EX, "p.md")
     with pytest.raises(ValueError, match="changed"):
         undo(result.data.replace(b"abcdef", b"zzzzzz"), result.spans)
 
@@ -86,7 +86,7 @@ def test_undo_refuses_changed_text() -> None:
 def test_span_offsets_are_bytes() -> None:
     """Span offsets count bytes, so multi-byte text before a URL does not shift them."""
     data = f'中文\xa0<img src="{W}{SOURCES[0]}">'.encode()
-    (span,) = rewrite(data, {SOURCES[0]: LOCAL}, EX, "p").spans
+    (span,) = rewrite(data, {SOURCES[0]: LOCAL}, EX, "p.md").spans
     assert span.old.encode() == data[span.offset : span.offset + len(span.old.encode())]
 
 
@@ -157,7 +157,7 @@ PROPERTY = settings(max_examples=500, deadline=None, suppress_health_check=[Heal
 @given(posts(), mapping_st)
 def test_property_undo_restores_original(data: bytes, mapping: dict[str, str]) -> None:
     """Undoing the returned spans gives the original bytes exactly."""
-    result = rewrite(data, mapping, EX, "p")
+    result = rewrite(data, mapping, EX, "p.md")
     assert data == undo(result.data, result.spans)
 
 
@@ -165,8 +165,8 @@ def test_property_undo_restores_original(data: bytes, mapping: dict[str, str]) -
 @given(posts(), mapping_st)
 def test_property_new_urls_found_at_same_places(data: bytes, mapping: dict[str, str]) -> None:
     """Scanning the rewritten post finds the new URLs where the old ones stood."""
-    result = rewrite(data, mapping, EX, "p")
-    after = EX(decode(result.data), "p")
+    result = rewrite(data, mapping, EX, "p.md")
+    after = EX(decode(result.data), "p.md")
     assert [r.where for r in result.refs] == [r.where for r in after]
     for old, new in zip(result.refs, after, strict=True):
         expected = normalize(mapping[old.source]) if old.source in mapping else old.source
@@ -177,7 +177,7 @@ def test_property_new_urls_found_at_same_places(data: bytes, mapping: dict[str, 
 @given(posts(), mapping_st)
 def test_property_outside_spans_identical(data: bytes, mapping: dict[str, str]) -> None:
     """Every byte outside the replaced spans is identical, in order."""
-    result = rewrite(data, mapping, EX, "p")
+    result = rewrite(data, mapping, EX, "p.md")
     at_old = at_new = 0
     for span in result.spans:
         gap = span.offset - at_old

@@ -3,7 +3,6 @@ Tests for mirror.verify: format sniffing, pixel bombs, truncation, decode mode a
 """
 
 # The project writes asserts as `expected == actual`, which SIM300 calls a Yoda condition.
-# ruff: noqa: SIM300
 
 from __future__ import annotations
 
