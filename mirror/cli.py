@@ -7,11 +7,16 @@ Data (``--json``, diffs) goes to stdout; warnings, progress and summaries go to 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import dataclasses
 import difflib
 import json
 import logging
 import os
+import shutil
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,10 +24,13 @@ from typing import TextIO
 
 from mirror import __version__
 from mirror.config import Config, load_config
+from mirror.demo import demo_origin
 from mirror.errors import ExitStatus, MirrorError, UsageError
 from mirror.extract import Extractor
 from mirror.log import configure_logging
+from mirror.manifest import Manifest, manifest_path
 from mirror.models import ImageRef
+from mirror.pipeline import Job, RunSummary
 from mirror.rewrite import decode, rewrite
 from mirror.scan import iter_posts, write_post
 from mirror.source import origin_host
@@ -112,9 +120,17 @@ def _load_map(path: Path) -> dict[str, str]:
     return data
 
 
+def _manifest_mapping(config: Config) -> dict[str, str]:
+    path = manifest_path(Path(config.store.path))
+    if not path.is_file():
+        raise UsageError(f"no --map given and no manifest at {path}: run `mirror fetch` first")
+    with Manifest(path, readonly=True) as manifest:
+        return manifest.mirrored_mapping(config.rewrite.base_url)
+
+
 def cmd_rewrite(args: argparse.Namespace, config: Config) -> ExitStatus:
     """Rewrite mapped references in place, into --out, or as a diff."""
-    mapping = _load_map(args.map)
+    mapping = _load_map(args.map) if args.map is not None else _manifest_mapping(config)
     extractor = Extractor(config.scan)
     posts = changed = spans = skipped = 0
     for post in iter_posts(args.paths, config.scan):
@@ -141,6 +157,134 @@ def cmd_rewrite(args: argparse.Namespace, config: Config) -> ExitStatus:
     return ExitStatus.INCOMPLETE if skipped else ExitStatus.OK
 
 
+def _with_options(config: Config, args: argparse.Namespace) -> Config:
+    """Apply the command line's overrides to the config tree."""
+    store, fetch, network = config.store, config.fetch, config.network
+    if getattr(args, "store", None) is not None:
+        store = dataclasses.replace(store, path=str(args.store))
+    if getattr(args, "jobs", None) is not None:
+        fetch = dataclasses.replace(fetch, jobs=args.jobs)
+    if getattr(args, "connect_to", None):
+        connect_to = network.connect_to + tuple(args.connect_to)
+        network = dataclasses.replace(network, connect_to=connect_to)
+    if getattr(args, "cacert", None) is not None:
+        network = dataclasses.replace(network, cacert=str(args.cacert))
+    return dataclasses.replace(config, store=store, fetch=fetch, network=network)
+
+
+def _print_summary(summary: RunSummary, seconds: float, out: TextIO) -> None:
+    refs = sum(summary.statuses.values())
+    by_status = ", ".join(f"{n} {s}" for s, n in summary.statuses.most_common()) or "none"
+    megabytes = summary.fetched_bytes / 1e6
+    print(
+        f"mirror: {summary.posts} posts, {refs} references: {by_status}; "
+        f"{summary.rewritten} posts rewritten; {megabytes:.1f} MB fetched in {seconds:.1f} s",
+        file=out,
+    )
+    if summary.left_alone:
+        print(
+            f"  {summary.left_alone} posts changed on disk meanwhile and were left alone", file=out
+        )
+    if summary.reasons:
+        reasons = ", ".join(f"{r} {n}" for r, n in summary.reasons.most_common())
+        print(f"  not mirrored, by reason: {reasons}", file=out)
+        hosts = ", ".join(f"{h} {n}" for h, n in summary.failed_hosts.most_common(10))
+        print(f"  not mirrored, by host: {hosts}", file=out)
+
+
+async def _progress(job: Job, started: float) -> None:
+    """Redraw one status line on a terminal until cancelled."""
+    try:
+        while True:
+            await asyncio.sleep(0.5)
+            s = job.summary
+            rate = s.fetched_bytes / 1e6 / max(time.monotonic() - started, 1e-3)
+            done = sum(s.statuses.values())
+            line = f"{s.posts} posts, {done} references done, {s.fetched_bytes / 1e6:.1f} MB"
+            sys.stderr.write(f"\r{line} ({rate:.1f} MB/s)\x1b[K")
+            sys.stderr.flush()
+    finally:
+        sys.stderr.write("\r\x1b[K")
+
+
+async def _run_job(job: Job, paths: Sequence[Path], quiet: bool) -> RunSummary:
+    started = time.monotonic()
+    ticker = None
+    if not quiet and sys.stderr.isatty():
+        ticker = asyncio.create_task(_progress(job, started))
+    try:
+        return await job.run(paths)
+    finally:
+        if ticker is not None:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+
+
+def _job(args: argparse.Namespace, config: Config, *, rewrite: bool) -> ExitStatus:
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        report = None
+        if args.report is not None:
+            report = stack.enter_context(args.report.open("w", encoding="utf-8"))
+        job = Job(
+            config,
+            rewrite=rewrite,
+            dry_run=getattr(args, "dry_run", False),
+            out=getattr(args, "out", None),
+            report=report,
+        )
+        summary = asyncio.run(_run_job(job, args.paths, args.quiet))
+    if not args.quiet:
+        _print_summary(summary, time.monotonic() - started, sys.stderr)
+    return summary.exit_status
+
+
+def cmd_fetch(args: argparse.Namespace, config: Config) -> ExitStatus:
+    """Download and verify every reference into the store; posts untouched."""
+    return _job(args, config, rewrite=False)
+
+
+def cmd_run(args: argparse.Namespace, config: Config) -> ExitStatus:
+    """Scan, fetch, verify, store and rewrite."""
+    return _job(args, config, rewrite=True)
+
+
+def cmd_demo(args: argparse.Namespace, config: Config) -> ExitStatus:
+    """Run the whole job on the bundled example against a bundled local origin."""
+    examples = args.examples
+    if not (examples / "posts").is_dir() or not (examples / "origin").is_dir():
+        raise UsageError(f"{examples} has no posts/ and origin/: pass --examples DIR")
+    work = args.dir
+    if work.exists():
+        shutil.rmtree(work)
+    shutil.copytree(examples / "posts", work / "posts")
+
+    async def go() -> tuple[RunSummary, float]:
+        started = time.monotonic()
+        async with demo_origin(examples / "origin") as origin:
+            network = dataclasses.replace(
+                config.network, connect_to=origin.connect_to, cacert=str(origin.cacert)
+            )
+            store = dataclasses.replace(config.store, path=str(work / "cache"))
+            demo_config = dataclasses.replace(config, network=network, store=store)
+            with (work / "report.jsonl").open("w", encoding="utf-8") as report:
+                job = Job(demo_config, rewrite=True, report=report)
+                summary = await _run_job(job, [work / "posts"], args.quiet)
+        return summary, time.monotonic() - started
+
+    summary, seconds = asyncio.run(go())
+    _print_summary(summary, seconds, sys.stdout)
+    print(
+        f"\nrewritten posts: {work / 'posts'}\nstore (objects + manifest): {work / 'cache'}\n"
+        f"per-reference report: {work / 'report.jsonl'}\n"
+        "A few origin images are faulty on purpose (a 404, an HTML page, a hotlink placeholder\n"
+        "that the proxy source then replaces), so some references end failed: exit status 1.",
+        file=sys.stdout,
+    )
+    return summary.exit_status
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with one subcommand per job."""
     common = argparse.ArgumentParser(add_help=False)
@@ -161,10 +305,45 @@ def build_parser() -> argparse.ArgumentParser:
 
     rw = sub.add_parser("rewrite", parents=[common], help="point references at new URLs")
     rw.add_argument("paths", nargs="+", type=Path, metavar="PATH")
-    rw.add_argument("--map", type=Path, required=True, help="JSON object: source URL -> new URL")
+    rw.add_argument(
+        "--map", type=Path, help="JSON object: source URL -> new URL (default: the manifest)"
+    )
+    rw.add_argument("--store", type=Path, help="store folder (default: store.path, ./cache)")
     rw.add_argument("--out", type=Path, help="write copies under DIR instead of in place")
     rw.add_argument("--dry-run", action="store_true", help="print a unified diff, write nothing")
     rw.set_defaults(handler=cmd_rewrite)
+
+    network = argparse.ArgumentParser(add_help=False)
+    network.add_argument("--store", type=Path, help="store folder (default: store.path, ./cache)")
+    network.add_argument(
+        "--connect-to",
+        action="append",
+        metavar="HOST:PORT:HOST2:PORT2",
+        help="connect to HOST2:PORT2 for requests to HOST:PORT (repeatable; curl's meaning)",
+    )
+    network.add_argument("--cacert", type=Path, help="PEM CAs trusted besides the system's")
+    network.add_argument("--report", type=Path, help="write a JSON Lines report, one per reference")
+    network.add_argument("--jobs", type=int, help="concurrent downloads (default fetch.jobs, 32)")
+
+    fetch = sub.add_parser("fetch", parents=[common, network], help="download and verify")
+    fetch.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    fetch.set_defaults(handler=cmd_fetch)
+
+    run = sub.add_parser("run", parents=[common, network], help="scan + fetch + rewrite")
+    run.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    run.add_argument("--out", type=Path, help="write rewritten copies under DIR")
+    run.add_argument("--dry-run", action="store_true", help="no network, no writes: print diffs")
+    run.set_defaults(handler=cmd_run)
+
+    demo = sub.add_parser("demo", parents=[common], help="the whole job on the bundled example")
+    demo.add_argument(
+        "--examples",
+        type=Path,
+        default=Path(__file__).resolve().parent.parent / "examples",
+        help="the examples folder (default: the one beside the package)",
+    )
+    demo.add_argument("--dir", type=Path, default=Path("mirror-demo"), help="work folder")
+    demo.set_defaults(handler=cmd_demo)
     return parser
 
 
@@ -178,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code) if isinstance(exc.code, int) else ExitStatus.USAGE
     configure_logging(-1 if args.quiet else args.verbose)
     try:
-        config = load_config(args.config)
+        config = _with_options(load_config(args.config), args)
         handler: Handler = args.handler
         return handler(args, config)
     except MirrorError as exc:

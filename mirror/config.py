@@ -83,11 +83,14 @@ class FetchConfig:
     retry_after_cap: float = 10.0
     max_bytes: int = 20 * MiB
     max_redirects: int = 5
+    failure_backoff: float = 600.0
 
     def __post_init__(self) -> None:
         for name in ("jobs", "per_host", "attempts", "max_bytes"):
             _positive(f"fetch.{name}", getattr(self, name))
         for name in ("connect_timeout", "read_timeout", "total_timeout", "backoff_max"):
+            _positive(f"fetch.{name}", getattr(self, name))
+        for name in ("failure_backoff",):
             _positive(f"fetch.{name}", getattr(self, name))
         _need("fetch.backoff_initial", self.backoff_initial >= 0, "must not be negative")
         _need("fetch.retry_after_cap", self.retry_after_cap >= 0, "must not be negative")

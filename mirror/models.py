@@ -49,6 +49,7 @@ class Span:
     offset: int
     old: str
     new: str
+    source: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

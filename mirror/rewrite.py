@@ -99,7 +99,7 @@ def replace(
         byte_at += len(encode(before))
         pieces.append(before)
         pieces.append(new)
-        spans.append(Span(byte_at, old, new))
+        spans.append(Span(byte_at, old, new, ref.source))
         byte_at += len(encode(old))
         char_at = ref.end
     if not spans:

@@ -1,8 +1,5 @@
 """Tests for the content-addressed store and atomic_write, on real files."""
 
-# The project writes asserts as `expected == actual`, which SIM300 calls a Yoda condition.
-# ruff: noqa: SIM300
-
 from __future__ import annotations
 
 import errno

@@ -1,0 +1,558 @@
+"""
+The manifest: what every source URL became, which objects exist, and how posts were rewritten.
+
+One SQLite file, ``<store>/manifest.sqlite3``, in WAL mode so readers (``serve``, reports) never
+block the one writer. Times are Unix seconds (REAL). Tables:
+
+``objects``  sha256 PK, ext, bytes (``size`` in Python), format, width, height, created.
+``sources``  source PK (the URL as written in the post); status (mirrored|failed|blocked|skipped);
+             reason (the report's reason code; on a mirrored row, why the latest refresh failed);
+             sha256 -> objects (set iff the source has an object); fetched_from (origin|proxy);
+             attempts (JSON list of {source, url, outcome} from the latest try); etag,
+             last_modified; first_seen, last_attempt, next_attempt (backoff); failures
+             (consecutive). What an object is (ext, size, format, size in pixels) lives only in
+             ``objects``; :class:`SourceRow` joins it back.
+``posts``    path PK (as given), size, mtime_ns, inode, sha256 of the content, scanned_at,
+             rewritten_at.
+``rewrites`` (post, generation) PK, before_sha256, after_sha256, created: one row per rewrite of
+             a post; generations count up from 1.
+``spans``    (post, generation, seq) PK, offset, old, new, source: what that rewrite replaced;
+             ``offset`` is a byte offset into the content *before* that generation.
+
+Merging a result into an existing ``sources`` row (:meth:`Manifest.record_results`):
+``mirrored`` replaces the row and zeroes ``failures``; ``failed`` adds one to ``failures``;
+``failed``/``blocked`` over a mirrored row keep its object (the mirror exists to outlive the
+origin) and only note the failure; ``skipped`` never changes a row that exists.
+
+Invariant: a row never points at a missing object file. The caller writes the object to the store
+first, then records the row; a crash in between leaves an unreferenced file, never a dangling row.
+
+Revert: undo generations newest first (:meth:`Manifest.spans_for` returns them in that order).
+Record a rewrite's spans *before* writing the post. If the post's sha256 then equals the newest
+generation's ``before_sha256``, that generation never landed (or was already undone) and is
+dropped with :meth:`Manifest.forget_rewrite`; recording again from the same ``before_sha256``
+replaces it rather than stacking a second copy.
+
+Single writer: one :class:`Manifest` writes; each write method is one transaction, and
+:meth:`Manifest.transaction` groups several into one.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from mirror.errors import ManifestError
+from mirror.models import Span
+from mirror.store import local_url
+
+MANIFEST_NAME = "manifest.sqlite3"
+STATUSES = ("mirrored", "failed", "blocked", "skipped")
+BUSY_TIMEOUT_MS = 10_000
+_CHUNK = 500  # under SQLite's oldest host-parameter limit (999)
+
+# Append only: a released migration is never edited, its index + 1 is the schema version.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE objects (
+            sha256 TEXT PRIMARY KEY, ext TEXT NOT NULL, bytes INTEGER NOT NULL,
+            format TEXT, width INTEGER, height INTEGER, created REAL NOT NULL) WITHOUT ROWID""",
+        """CREATE TABLE sources (
+            source TEXT PRIMARY KEY,
+            status TEXT NOT NULL CHECK (status IN ('mirrored', 'failed', 'blocked', 'skipped')),
+            reason TEXT, sha256 TEXT REFERENCES objects (sha256), fetched_from TEXT,
+            attempts TEXT NOT NULL DEFAULT '[]', etag TEXT, last_modified TEXT,
+            first_seen REAL NOT NULL, last_attempt REAL, next_attempt REAL,
+            failures INTEGER NOT NULL DEFAULT 0,
+            CHECK (status != 'mirrored' OR sha256 IS NOT NULL))""",
+        "CREATE INDEX sources_status ON sources (status)",
+        "CREATE INDEX sources_sha256 ON sources (sha256)",
+        """CREATE TABLE posts (
+            path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+            inode INTEGER NOT NULL, sha256 TEXT NOT NULL, scanned_at REAL NOT NULL,
+            rewritten_at REAL) WITHOUT ROWID""",
+        """CREATE TABLE rewrites (
+            post TEXT NOT NULL, generation INTEGER NOT NULL, before_sha256 TEXT,
+            after_sha256 TEXT, created REAL NOT NULL,
+            PRIMARY KEY (post, generation)) WITHOUT ROWID""",
+        """CREATE TABLE spans (
+            post TEXT NOT NULL, generation INTEGER NOT NULL, seq INTEGER NOT NULL,
+            offset INTEGER NOT NULL, old TEXT NOT NULL, new TEXT NOT NULL, source TEXT,
+            PRIMARY KEY (post, generation, seq),
+            FOREIGN KEY (post, generation) REFERENCES rewrites (post, generation)
+                ON DELETE CASCADE) WITHOUT ROWID""",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One try at one URL: which source (origin, proxy...) and how it ended."""
+
+    source: str
+    url: str
+    outcome: str
+
+
+@dataclass(frozen=True, slots=True)
+class SourceResult:
+    """What one run learned about one source URL; a mirrored result names its object."""
+
+    source: str
+    status: str
+    reason: str | None = None
+    sha256: str | None = None
+    ext: str | None = None
+    size: int | None = None
+    format: str | None = None
+    width: int | None = None
+    height: int | None = None
+    fetched_from: str | None = None
+    attempts: tuple[Attempt, ...] = ()
+    etag: str | None = None
+    last_modified: str | None = None
+    attempted_at: float | None = None
+    next_attempt: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, not {self.status!r}")
+        if self.status == "mirrored" and (
+            self.sha256 is None or self.ext is None or self.size is None
+        ):
+            raise ValueError(f"a mirrored result needs sha256, ext and size: {self.source}")
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRow:
+    """A ``sources`` row joined with its object."""
+
+    source: str
+    status: str
+    reason: str | None
+    sha256: str | None
+    ext: str | None
+    size: int | None
+    format: str | None
+    width: int | None
+    height: int | None
+    fetched_from: str | None
+    attempts: tuple[Attempt, ...]
+    etag: str | None
+    last_modified: str | None
+    first_seen: float
+    last_attempt: float | None
+    next_attempt: float | None
+    failures: int
+
+
+@dataclass(frozen=True, slots=True)
+class PostState:
+    """What a post looked like when last scanned or rewritten."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    inode: int
+    sha256: str
+    scanned_at: float
+    rewritten_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedSpan:
+    """One replacement of a rewrite, with the source URL it was made for."""
+
+    offset: int
+    old: str
+    new: str
+    source: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rewrite:
+    """One generation of rewriting a post, spans in the order they were recorded."""
+
+    post: str
+    generation: int
+    before_sha256: str | None
+    after_sha256: str | None
+    created: float
+    spans: tuple[RecordedSpan, ...]
+
+
+_ROW_SQL = """SELECT s.source, s.status, s.reason, s.sha256, o.ext, o.bytes, o.format, o.width,
+    o.height, s.fetched_from, s.attempts, s.etag, s.last_modified, s.first_seen, s.last_attempt,
+    s.next_attempt, s.failures FROM sources s LEFT JOIN objects o ON o.sha256 = s.sha256"""
+
+
+def manifest_path(store_root: Path) -> Path:
+    """Return where the manifest of the store at ``store_root`` lives."""
+    return store_root / MANIFEST_NAME
+
+
+def _dump_attempts(attempts: Iterable[Attempt]) -> str:
+    items = [{"source": a.source, "url": a.url, "outcome": a.outcome} for a in attempts]
+    return json.dumps(items, ensure_ascii=False, separators=(",", ":"))
+
+
+def _row(values: Sequence[Any]) -> SourceRow:
+    attempts = tuple(Attempt(a["source"], a["url"], a["outcome"]) for a in json.loads(values[10]))
+    fields = list(values)
+    fields[10] = attempts
+    return SourceRow(*fields)
+
+
+# On a failed refresh of a mirrored source, these stay as they were: the object still stands.
+_KEPT: tuple[str, ...] = ("status", "sha256", "ext", "size", "format", "width", "height")
+_KEPT += ("fetched_from", "etag", "last_modified")
+_COLUMNS: tuple[str, ...] = ("source", "status", "reason", "sha256", "fetched_from", "attempts")
+_COLUMNS += ("etag", "last_modified", "first_seen", "last_attempt", "next_attempt", "failures")
+# _merge has already folded in the stored row, so replacing it whole is correct.
+_MARKS = ", ".join("?" * len(_COLUMNS))
+_UPSERT_SQL = f"INSERT OR REPLACE INTO sources ({', '.join(_COLUMNS)}) VALUES ({_MARKS})"
+
+
+def _merge(old: SourceRow | None, new: SourceResult, now: float) -> SourceRow | None:
+    """Return the row that results from ``new`` landing on ``old``, or None to keep ``old``."""
+    if old is not None and new.status == "skipped":
+        return None
+    failures = old.failures if old is not None else 0
+    if new.status == "mirrored":
+        failures = 0
+    elif new.status == "failed":
+        failures += 1
+    keep = old is not None and old.status == "mirrored" and new.status != "mirrored"
+    base: SourceRow | SourceResult = old if keep and old is not None else new
+    return SourceRow(
+        source=new.source,
+        reason=new.reason,
+        attempts=new.attempts,
+        first_seen=old.first_seen if old is not None else now,
+        last_attempt=None if new.status == "skipped" else (new.attempted_at or now),
+        next_attempt=new.next_attempt,
+        failures=failures,
+        **{name: getattr(base, name) for name in _KEPT},
+    )
+
+
+def _upsert_values(row: SourceRow) -> tuple[Any, ...]:
+    values = {name: getattr(row, name) for name in _COLUMNS}
+    values["attempts"] = _dump_attempts(row.attempts)
+    return tuple(values.values())
+
+
+class Manifest:
+    """
+    The manifest file, opened by one writer (or, with ``readonly``, by any number of readers).
+
+    Use as a context manager, or call :meth:`open` and :meth:`close`. Methods are synchronous and
+    serialised by a lock, so threads may share one instance; the caller batches, one transaction
+    per call.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        durability: str = "crash",
+        readonly: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if durability not in ("crash", "power"):
+            raise ValueError(f"durability must be 'crash' or 'power', not {durability!r}")
+        self.path = path
+        self.durability = durability
+        self.readonly = readonly
+        self._clock = clock
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.RLock()
+        self._depth = 0
+
+    def __enter__(self) -> Self:
+        return self.open()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            text = str(exc)
+            if "locked" in text or "busy" in text:
+                why = f"is locked by another process (waited {BUSY_TIMEOUT_MS / 1000:g} s)"
+            elif isinstance(exc, sqlite3.DatabaseError) and (
+                "not a database" in text or "malformed" in text
+            ):
+                why = "is corrupt or not a SQLite database"
+            else:
+                why = f"failed: {text}"
+            raise ManifestError(f"manifest {self.path} {why} while {doing}") from exc
+
+    def open(self) -> Self:
+        """
+        Connect, then bring the schema up to date (a writer) or check it is current (a reader).
+
+        Raises:
+            ManifestError: the file is locked, corrupt, from a newer mirror, or not writable.
+        """
+        if self._conn is not None:
+            return self
+        with self._errors("opening"):
+            if self.readonly:
+                uri = f"{self.path.resolve().as_uri()}?mode=ro"
+                conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            else:
+                try:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise ManifestError(
+                        f"manifest {self.path}: cannot create folder: {exc}"
+                    ) from exc
+                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            try:
+                self._configure(conn)
+            except BaseException:
+                conn.close()
+                raise
+        self._conn = conn
+        return self
+
+    def _configure(self, conn: sqlite3.Connection) -> None:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise ManifestError(
+                f"manifest {self.path} has schema {version}; this mirror knows {SCHEMA_VERSION}"
+            )
+        if self.readonly:
+            if version < SCHEMA_VERSION:
+                raise ManifestError(f"manifest {self.path} needs upgrading by a writing command")
+            return
+        conn.execute("PRAGMA journal_mode = WAL")
+        sync = "FULL" if self.durability == "power" else "NORMAL"
+        conn.execute(f"PRAGMA synchronous = {sync}")
+        if version == SCHEMA_VERSION:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Re-read under the write lock: another writer may have migrated meanwhile.
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        """Close the connection; safe to call twice."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """Return the open connection (for reports that need their own queries)."""
+        if self._conn is None:
+            raise ManifestError(f"manifest {self.path} is not open")
+        return self._conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """
+        Group writes into one transaction; nested uses join the outer one.
+
+        Raises:
+            ManifestError: the write failed; nothing of the transaction was kept.
+        """
+        with self._lock:
+            conn = self.conn
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield conn
+                finally:
+                    self._depth -= 1
+                return
+            with self._errors("writing"):
+                conn.execute("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield conn
+                with self._errors("committing"):
+                    conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            finally:
+                self._depth = 0
+
+    def record_results(self, rows: Iterable[SourceResult]) -> None:
+        """
+        Merge a batch of results in one transaction, adding the objects mirrored rows name.
+
+        Write each object to the store before calling this (see the module docstring).
+        """
+        now = self._clock()
+        batch = list(rows)
+        with self.transaction() as conn, self._errors("recording results"):
+            merged = self.get_many(r.source for r in batch)
+            objects = [
+                (r.sha256, r.ext, r.size, r.format, r.width, r.height, now)
+                for r in batch
+                if r.status == "mirrored"
+            ]
+            conn.executemany(
+                "INSERT INTO objects VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", objects
+            )
+            final: dict[str, SourceRow] = {}
+            for result in batch:
+                row = _merge(merged.get(result.source), result, now)
+                if row is not None:
+                    # A later duplicate in the batch merges onto this row, not the stored one.
+                    merged[result.source] = final[result.source] = row
+            conn.executemany(_UPSERT_SQL, map(_upsert_values, final.values()))
+
+    def get(self, source: str) -> SourceRow | None:
+        """Return the row for ``source``, or None when it was never recorded."""
+        return self.get_many([source]).get(source)
+
+    def get_many(self, sources: Iterable[str]) -> dict[str, SourceRow]:
+        """Return the rows that exist among ``sources``, by source."""
+        wanted = list(dict.fromkeys(sources))
+        found: dict[str, SourceRow] = {}
+        with self._lock, self._errors("reading sources"):
+            for start in range(0, len(wanted), _CHUNK):
+                chunk = wanted[start : start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                for values in self.conn.execute(f"{_ROW_SQL} WHERE s.source IN ({marks})", chunk):
+                    found[values[0]] = _row(values)
+        return found
+
+    def mirrored_mapping(self, base_url: str) -> dict[str, str]:
+        """Return source -> local URL for every mirrored source."""
+        sql = """SELECT s.source, o.sha256, o.ext FROM sources s JOIN objects o
+            ON o.sha256 = s.sha256 WHERE s.status = 'mirrored'"""
+        with self._lock, self._errors("reading the mapping"):
+            return {src: local_url(base_url, sha, ext) for src, sha, ext in self.conn.execute(sql)}
+
+    def counts(self) -> dict[str, int]:
+        """Return how many sources have each status, zero included."""
+        result = dict.fromkeys(STATUSES, 0)
+        with self._lock, self._errors("counting"):
+            sql = "SELECT status, COUNT(*) FROM sources GROUP BY status"
+            result.update(self.conn.execute(sql))
+        return result
+
+    def record_post(
+        self,
+        path: str,
+        size: int,
+        mtime_ns: int,
+        inode: int,
+        sha256: str,
+        *,
+        rewritten: bool = False,
+    ) -> None:
+        """Record a post as scanned now (and as rewritten now, with ``rewritten``)."""
+        now = self._clock()
+        sql = """INSERT INTO posts VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET
+            size = excluded.size, mtime_ns = excluded.mtime_ns, inode = excluded.inode,
+            sha256 = excluded.sha256, scanned_at = excluded.scanned_at,
+            rewritten_at = COALESCE(excluded.rewritten_at, posts.rewritten_at)"""
+        values = (path, size, mtime_ns, inode, sha256, now, now if rewritten else None)
+        with self.transaction() as conn, self._errors("recording a post"):
+            conn.execute(sql, values)
+
+    def post_state(self, path: str) -> PostState | None:
+        """Return what ``path`` looked like when last recorded, or None."""
+        with self._lock, self._errors("reading a post"):
+            values = self.conn.execute("SELECT * FROM posts WHERE path = ?", (path,)).fetchone()
+        return None if values is None else PostState(*values)
+
+    def record_spans(
+        self,
+        post: str,
+        spans: Sequence[Span],
+        sources: Sequence[str | None],
+        *,
+        before_sha256: str | None = None,
+        after_sha256: str | None = None,
+    ) -> int | None:
+        """
+        Record one rewrite of ``post``; return its generation, or None when ``spans`` is empty.
+
+        ``sources[i]`` is the URL ``spans[i]`` was made for. A rewrite from the same
+        ``before_sha256`` as the newest generation replaces that generation.
+        """
+        if len(spans) != len(sources):
+            raise ValueError(f"{len(spans)} spans but {len(sources)} sources for {post}")
+        if not spans:
+            return None
+        with self.transaction() as conn, self._errors("recording spans"):
+            newest = conn.execute(
+                "SELECT generation, before_sha256 FROM rewrites WHERE post = ? "
+                "ORDER BY generation DESC LIMIT 1",
+                (post,),
+            ).fetchone()
+            generation = 1 if newest is None else newest[0] + 1
+            if newest is not None and before_sha256 is not None and newest[1] == before_sha256:
+                generation = newest[0]
+                conn.execute(
+                    "DELETE FROM rewrites WHERE post = ? AND generation = ?", (post, generation)
+                )
+            conn.execute(
+                "INSERT INTO rewrites VALUES (?, ?, ?, ?, ?)",
+                (post, generation, before_sha256, after_sha256, self._clock()),
+            )
+            conn.executemany(
+                "INSERT INTO spans VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (post, generation, seq, span.offset, span.old, span.new, source)
+                    for seq, (span, source) in enumerate(zip(spans, sources, strict=True))
+                ],
+            )
+        return generation
+
+    def spans_for(self, post: str) -> list[Rewrite]:
+        """Return the rewrites of ``post``, newest first: the order to undo them in."""
+        with self._lock, self._errors("reading spans"):
+            heads = self.conn.execute(
+                "SELECT generation, before_sha256, after_sha256, created FROM rewrites "
+                "WHERE post = ? ORDER BY generation DESC",
+                (post,),
+            ).fetchall()
+            spans: dict[int, list[RecordedSpan]] = {head[0]: [] for head in heads}
+            sql = """SELECT generation, offset, old, new, source FROM spans WHERE post = ?
+                ORDER BY generation, seq"""
+            for generation, *rest in self.conn.execute(sql, (post,)):
+                spans[generation].append(RecordedSpan(*rest))
+        return [
+            Rewrite(post, g, before, after, created, tuple(spans[g]))
+            for g, before, after, created in heads
+        ]
+
+    def forget_rewrite(self, post: str, generation: int) -> None:
+        """Drop one generation of ``post``'s rewrites, once it is undone or never landed."""
+        with self.transaction() as conn, self._errors("forgetting a rewrite"):
+            conn.execute(
+                "DELETE FROM rewrites WHERE post = ? AND generation = ?", (post, generation)
+            )

@@ -1,0 +1,567 @@
+"""The fetcher against real local servers: retries, caps, redirects, the address policy, TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+from mirror.config import Config, NetworkConfig
+from mirror.errors import (
+    ConfigError,
+    FetchError,
+    PolicyError,
+    TooLarge,
+    Truncated,
+    UpstreamStatusError,
+    UpstreamTimeout,
+)
+from mirror.fetch import (
+    ACCEPT,
+    EMPTY_SHA256,
+    BlockedAddress,
+    Fetcher,
+    PolicyResolver,
+    is_retryable,
+    parse_retry_after,
+)
+
+if TYPE_CHECKING:
+    from conftest import Canary, NetworkGuard, Upstream
+
+MakeConfig = Callable[..., Config]
+
+MiB = 1024 * 1024
+PUBLIC = "93.184.216.34"  # answered by fake resolvers only; the guard fails any test reaching it
+
+
+class FakeResolver(AbstractResolver):
+    """Answers from a table, one list of answers per call in turn (the last one repeats)."""
+
+    def __init__(self, table: dict[str, list[list[tuple[str, int]]]]) -> None:
+        self.table = table
+        self.calls: list[str] = []
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        self.calls.append(host)
+        turns = self.table.get(host)
+        if not turns:
+            raise OSError(f"no such host {host}")
+        answers = turns[min(self.calls.count(host), len(turns)) - 1]
+        return [
+            ResolveResult(
+                hostname=host,
+                host=address,
+                port=answer_port or port,
+                family=socket.AF_INET6 if ":" in address else socket.AF_INET,
+                proto=0,
+                flags=0,
+            )
+            for address, answer_port in answers
+        ]
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.fixture(autouse=True)
+def no_ambient_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Proxy variables from the machine running the tests must not reroute them."""
+    for name in ("http_proxy", "https_proxy", "no_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
+async def fetch(config: Config, url: str, **kwargs: Any) -> Any:
+    async with Fetcher(config) as fetcher:
+        return await fetcher.get(url, **kwargs)
+
+
+async def test_get_returns_bytes_hash_and_validators(upstream: Upstream) -> None:
+    """A plain 200 comes back whole, hashed, with its ETag and Last-Modified."""
+    download = await fetch(upstream.config(), upstream.url("/img.png"))
+    assert upstream.png == download.data
+    assert hashlib.sha256(upstream.png).hexdigest() == download.sha256
+    assert 200 == download.status
+    assert upstream.url("/img.png") == download.url == download.final_url
+    assert '"png-v1"' == download.etag
+    assert "Wed, 21 Oct 2015 07:28:00 GMT" == download.last_modified
+
+
+async def test_request_headers(upstream: Upstream) -> None:
+    """The User-Agent and Accept come from the config; no Referer is ever sent."""
+    config = upstream.config(user_agent="test-agent/1")
+    await fetch(config, upstream.url("/img.png"))
+    (seen,) = upstream.headers
+    assert "test-agent/1" == seen["User-Agent"]
+    assert ACCEPT == seen["Accept"]
+    assert "Referer" not in seen
+    assert "origin.example" == seen["Host"]
+
+
+async def test_conditional_request_returns_304(upstream: Upstream) -> None:
+    """A matching If-None-Match comes back as an empty Download with status 304."""
+    download = await fetch(
+        upstream.config(), upstream.url("/img.png"), headers={"If-None-Match": '"png-v1"'}
+    )
+    assert (304, b"", EMPTY_SHA256) == (download.status, download.data, download.sha256)
+    assert '"png-v1"' == download.etag
+
+
+async def test_content_type_is_not_judged_here(upstream: Upstream) -> None:
+    """HTML with 200 and an image labelled text/plain both come back; verify judges them."""
+    async with Fetcher(upstream.config()) as fetcher:
+        html = await fetcher.get(upstream.url("/html"))
+        text = await fetcher.get(upstream.url("/text-plain"))
+    assert html.data.startswith(b"<html>")
+    assert upstream.png == text.data
+
+
+async def test_500_then_ok_is_retried(upstream: Upstream) -> None:
+    """A 500 is transient: the second attempt gets the image."""
+    download = await fetch(upstream.config(), upstream.url("/flaky?fails=2"))
+    assert upstream.png == download.data
+    assert 3 == upstream.hits["/flaky?fails=2"]
+
+
+async def test_retries_stop_after_attempts(upstream: Upstream) -> None:
+    """A server that keeps failing is tried fetch.attempts times, then its status is reported."""
+    with pytest.raises(UpstreamStatusError) as caught:
+        await fetch(upstream.config(attempts=4), upstream.url("/status/503"))
+    assert ("http-503", 503) == (caught.value.reason, caught.value.status)
+    assert 4 == upstream.hits["/status/503"]
+
+
+async def test_retry_after_is_honoured_up_to_the_cap(upstream: Upstream) -> None:
+    """Retry-After: 1 with a 0.3 s cap waits 0.3 s, far longer than the backoff, not 1 s."""
+    started = time.monotonic()
+    download = await fetch(upstream.config(retry_after_cap=0.3), upstream.url("/retry-after"))
+    elapsed = time.monotonic() - started
+    assert upstream.png == download.data
+    assert 0.3 <= elapsed < 0.9
+
+
+async def test_429_retry_after_is_honoured(upstream: Upstream) -> None:
+    """A 429 is retried too, after its Retry-After."""
+    url = upstream.url("/retry-after?status=429&after=0")
+    download = await fetch(upstream.config(), url)
+    assert 2 == upstream.hits["/retry-after?status=429&after=0"]
+    assert 200 == download.status
+
+
+@pytest.mark.parametrize("code", [400, 403, 404, 410, 451])
+async def test_client_errors_are_final(upstream: Upstream, code: int) -> None:
+    """Other 4xx are final: one request, reason http-NNN."""
+    with pytest.raises(UpstreamStatusError) as caught:
+        await fetch(upstream.config(), upstream.url(f"/status/{code}"))
+    assert f"http-{code}" == caught.value.reason
+    assert 1 == upstream.hits[f"/status/{code}"]
+
+
+async def test_reset_mid_body_is_retried(upstream: Upstream) -> None:
+    """A connection reset halfway through the body is retried and the second body is whole."""
+    download = await fetch(upstream.config(), upstream.url("/reset"))
+    assert upstream.png == download.data
+    assert 2 == upstream.hits["/reset"]
+
+
+async def test_reset_every_time_reports_a_transient_failure(upstream: Upstream) -> None:
+    """A body that never arrives whole fails with a retryable reason after every attempt."""
+    with pytest.raises(FetchError) as caught:
+        await fetch(upstream.config(), upstream.url("/reset?times=9"))
+    assert "truncated" == caught.value.reason
+    assert 3 == upstream.hits["/reset?times=9"]
+
+
+@pytest.mark.parametrize("where", ["headers", "body"])
+async def test_stall_times_out(upstream: Upstream, where: str) -> None:
+    """A server that stops sending fails after read_timeout with reason timeout."""
+    config = upstream.config(read_timeout=0.3)
+    started = time.monotonic()
+    async with Fetcher(config) as fetcher:
+        with pytest.raises(UpstreamTimeout) as caught:
+            await fetcher.get_once(upstream.url(f"/stall?where={where}"))
+    assert "timeout" == caught.value.reason
+    assert isinstance(caught.value, TimeoutError)
+    assert time.monotonic() - started < 2
+
+
+async def test_truncated_body_is_retried_then_reported(upstream: Upstream) -> None:
+    """A body shorter than its Content-Length is Truncated, and retried each attempt."""
+    with pytest.raises(Truncated) as caught:
+        await fetch(upstream.config(), upstream.url("/truncated"))
+    assert "truncated" == caught.value.reason
+    assert 3 == upstream.hits["/truncated"]
+
+
+async def test_too_large_by_content_length_fails_at_once(upstream: Upstream) -> None:
+    """A Content-Length over the cap fails before the body is read, and is not retried."""
+    with pytest.raises(TooLarge) as caught:
+        await fetch(upstream.config(max_bytes=MiB), upstream.url("/big?declared=1"))
+    assert "too-large" == caught.value.reason
+    assert 1 == upstream.hits["/big?declared=1"]
+
+
+async def test_too_large_while_streaming_stops_the_server(upstream: Upstream) -> None:
+    """A 60 MB body without Content-Length is cut at the cap and the sender stops early."""
+    with pytest.raises(TooLarge):
+        await fetch(upstream.config(max_bytes=MiB), upstream.url("/big"))
+    await asyncio.wait_for(upstream.big_done.wait(), 5)
+    assert 1 == upstream.hits["/big"]
+    assert upstream.big_sent < 16 * MiB
+
+
+async def test_redirect_chain_within_the_limit(upstream: Upstream) -> None:
+    """Three redirects are followed by hand and final_url is where the bytes came from."""
+    download = await fetch(upstream.config(), upstream.url("/chain/3"))
+    assert upstream.png == download.data
+    assert upstream.url("/chain/0") == download.final_url
+    assert upstream.url("/chain/3") == download.url
+
+
+async def test_redirect_chain_limit(upstream: Upstream) -> None:
+    """Five redirects are allowed, the sixth is too many, and that is final."""
+    await fetch(upstream.config(), upstream.url("/chain/5"))
+    with pytest.raises(FetchError) as caught:
+        await fetch(upstream.config(), upstream.url("/chain/6"))
+    assert "too-many-redirects" == caught.value.reason
+    assert 1 == upstream.hits["/chain/6"]
+
+
+async def test_redirect_to_loopback_is_blocked(upstream: Upstream, canary: Canary) -> None:
+    """A redirect to 127.0.0.1 is refused with private-address; the canary sees nothing."""
+    with pytest.raises(PolicyError) as caught:
+        await fetch(upstream.config(), upstream.url("/to-canary"))
+    assert "private-address" == caught.value.reason
+    assert 0 == canary.connections
+    assert 1 == upstream.hits["/to-canary"]
+
+
+async def test_redirect_to_the_connect_to_target_is_not_trusted(upstream: Upstream) -> None:
+    """Only the connect_to name is trusted, not a redirect straight to the address it maps to."""
+    target = f"http://127.0.0.1:{upstream.port}/img.png"
+    with pytest.raises(PolicyError) as caught:
+        await fetch(upstream.config(), upstream.url(f"/redirect?to={target}"))
+    assert "private-address" == caught.value.reason
+    assert 0 == upstream.hits["/img.png"]
+
+
+async def test_redirect_to_another_scheme_is_refused(upstream: Upstream) -> None:
+    """Every hop is checked: a redirect to file: is not followed."""
+    with pytest.raises(PolicyError) as caught:
+        await fetch(upstream.config(), upstream.url("/redirect?to=file:///etc/passwd"))
+    assert "not-allowed" == caught.value.reason
+
+
+async def test_redirect_to_a_malformed_location_is_final(upstream: Upstream) -> None:
+    """A Location that is not a URL ends the fetch with bad-url, not a crash."""
+    with pytest.raises(FetchError) as caught:
+        await fetch(upstream.config(), upstream.url("/redirect?to=http://[oops/x"))
+    assert "bad-url" == caught.value.reason
+    assert 1 == sum(upstream.hits.values())
+
+
+async def test_redirect_to_a_bad_port_is_refused(upstream: Upstream) -> None:
+    """Every hop is checked: a redirect to a port outside allowed_ports is refused."""
+    url = upstream.url("/redirect?to=http://origin.example:25/x")
+    with pytest.raises(PolicyError) as caught:
+        await fetch(upstream.config(), url)
+    assert "bad-port" == caught.value.reason
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://10.0.0.1/a.png",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://127.0.0.1:{canary}/a.png",
+        "http://127.1:{canary}/a.png",
+        "http://2130706433:{canary}/a.png",
+        "http://0x7f000001:{canary}/a.png",
+        "http://[::1]:{canary}/a.png",
+        "http://[::ffff:127.0.0.1]:{canary}/a.png",
+        "http://[64:ff9b::7f00:1]/a.png",
+        "http://0.0.0.0:{canary}/a.png",
+        "https://[fd00::1]/a.png",
+    ],
+)
+async def test_ip_literals_are_blocked_before_connecting(
+    canary: Canary, make_config: MakeConfig, url: str
+) -> None:
+    """Blocked IP literals never reach connect(): the guard and the canary both see nothing."""
+    config = make_config(allowed_ports=(80, 443, canary.port))
+    with pytest.raises(PolicyError) as caught:
+        await fetch(config, url.format(canary=canary.port))
+    assert "private-address" == caught.value.reason
+    assert 0 == canary.connections
+
+
+async def test_bad_port_and_scheme(upstream: Upstream) -> None:
+    """A port outside allowed_ports and a non-HTTP scheme are refused before connecting."""
+    async with Fetcher(upstream.config()) as fetcher:
+        with pytest.raises(PolicyError) as port:
+            await fetcher.get(f"http://origin.example:{upstream.port}/img.png")
+        with pytest.raises(PolicyError) as scheme:
+            await fetcher.get("ftp://origin.example/img.png")
+    assert ("bad-port", "not-allowed") == (port.value.reason, scheme.value.reason)
+    assert 0 == sum(upstream.hits.values())
+
+
+async def test_dns_answer_for_a_blocked_address_is_refused(
+    canary: Canary, make_config: MakeConfig
+) -> None:
+    """A name resolving to loopback (DNS rebinding) is refused at resolve time, never retried."""
+    resolver = FakeResolver({"rebind.example": [[("127.0.0.1", canary.port)]]})
+    async with Fetcher(make_config(), resolver=resolver) as fetcher:
+        with pytest.raises(PolicyError) as caught:
+            await fetcher.get("http://rebind.example/a.png")
+    assert "private-address" == caught.value.reason
+    assert 0 == canary.connections
+    assert ["rebind.example"] == resolver.calls
+
+
+async def test_policy_resolver_checks_every_answer() -> None:
+    """Each resolution is judged afresh, so a name that rebinds to loopback is caught then."""
+    inner = FakeResolver({"rebind.example": [[(PUBLIC, 0)], [("127.0.0.1", 0)]]})
+    resolver = PolicyResolver(inner, NetworkConfig())
+    first = await resolver.resolve("rebind.example", 80)
+    with pytest.raises(PolicyError) as caught:
+        await resolver.resolve("rebind.example", 80)
+    assert [PUBLIC] == [answer["host"] for answer in first]
+    assert "private-address" == caught.value.reason
+
+
+async def test_policy_resolver_drops_blocked_answers() -> None:
+    """Of a mixed answer only the public addresses are handed to the connector."""
+    inner = FakeResolver({"mixed.example": [[("10.0.0.1", 0), (PUBLIC, 0), ("::1", 0)]]})
+    answers = await PolicyResolver(inner, NetworkConfig()).resolve("mixed.example", 80)
+    assert [PUBLIC] == [answer["host"] for answer in answers]
+
+
+def test_socket_factory_refuses_blocked_addresses() -> None:
+    """The last line: the socket factory refuses a blocked address unless it was mapped."""
+    resolver = PolicyResolver(FakeResolver({}), NetworkConfig(), trusted=[("127.0.0.1", 3128)])
+    stream = (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "")
+    with pytest.raises(BlockedAddress):
+        resolver.open_socket((*stream, ("10.0.0.1", 80)))
+    with pytest.raises(BlockedAddress):
+        resolver.open_socket((*stream, ("127.0.0.1", 80)))
+    resolver.open_socket((*stream, ("127.0.0.1", 3128))).close()
+
+
+@pytest.mark.parametrize("addresses", [["127.0.0.1"], ["127.0.0.1", "127.0.0.2", "::1"]])
+async def test_socket_factory_blocks_when_the_resolver_is_bypassed(
+    canary: Canary, make_config: MakeConfig, monkeypatch: pytest.MonkeyPatch, addresses: list[str]
+) -> None:
+    """Were the resolver check skipped, the socket factory still refuses, as private-address."""
+    answers = [[(address, canary.port) for address in addresses]]
+
+    async def unchecked(
+        self: PolicyResolver, host: str, port: int = 0, family: int = 0
+    ) -> list[ResolveResult]:
+        return await FakeResolver({host: answers}).resolve(host, port)
+
+    monkeypatch.setattr(PolicyResolver, "resolve", unchecked)
+    with pytest.raises(PolicyError) as caught:
+        await fetch(make_config(), "http://bypass.example/a.png")
+    assert "private-address" == caught.value.reason
+    assert 0 == canary.connections
+
+
+def test_connect_to_with_an_ip_literal_left_side_is_a_config_error(
+    make_config: MakeConfig,
+) -> None:
+    """aiohttp never resolves IP literals, so such a mapping could not work: refuse it."""
+    with pytest.raises(ConfigError):
+        Fetcher(make_config(connect_to=("10.0.0.1:80:127.0.0.1:8080",)))
+
+
+async def test_https_with_cacert_and_connect_to_keeps_sni(tls_upstream: Upstream) -> None:
+    """HTTPS through connect_to checks the certificate and sends SNI for the original name."""
+    download = await fetch(tls_upstream.config(), tls_upstream.url("/img.png"))
+    assert tls_upstream.png == download.data
+    assert "https://origin.example/img.png" == download.final_url
+    assert ["origin.example"] == tls_upstream.sni
+
+
+async def test_https_without_the_ca_is_refused(
+    tls_upstream: Upstream, make_config: MakeConfig
+) -> None:
+    """Without network.cacert the private CA is not trusted: reason tls, not retried."""
+    config = make_config(connect_to=(tls_upstream.connect_to,))
+    with pytest.raises(FetchError) as caught:
+        await fetch(config, tls_upstream.url("/img.png"))
+    assert "tls" == caught.value.reason
+    assert 0 == sum(tls_upstream.hits.values())
+
+
+def test_missing_cacert_is_a_config_error(tmp_path: Path, make_config: MakeConfig) -> None:
+    """A cacert that cannot be loaded names the key."""
+    fetcher = Fetcher(make_config(cacert=str(tmp_path / "missing.pem")))
+    with pytest.raises(ConfigError) as caught:
+        asyncio.run(fetcher.__aenter__())
+    assert "network.cacert" == caught.value.key
+
+
+async def test_per_host_limit(upstream: Upstream) -> None:
+    """No more than fetch.per_host requests run at once for one limit key."""
+    config = upstream.config(per_host=2, jobs=16)
+    async with Fetcher(config) as fetcher:
+        await asyncio.gather(*(fetcher.get(upstream.url(f"/slow?i={i}")) for i in range(10)))
+    assert 2 == upstream.max_in_flight
+
+
+async def test_global_limit(upstream: Upstream) -> None:
+    """No more than fetch.jobs requests run at once over all limit keys."""
+    config = upstream.config(per_host=8, jobs=3)
+    async with Fetcher(config) as fetcher:
+        await asyncio.gather(
+            *(fetcher.get(upstream.url(f"/slow?i={i}"), limit_key=f"h{i}") for i in range(10))
+        )
+    assert 3 == upstream.max_in_flight
+
+
+@dataclasses.dataclass
+class Proxy:
+    """A forward proxy on loopback that answers every request itself with ``body``."""
+
+    port: int = 0
+    body: bytes = b""
+    requests: list[str] = dataclasses.field(default_factory=list)
+
+
+@pytest.fixture
+async def proxy(png_bytes: bytes) -> AsyncIterator[Proxy]:
+    """A forward proxy on 127.0.0.1 recording each request line."""
+    state = Proxy(body=png_bytes)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        state.requests.append(head.split(b"\r\n", 1)[0].decode())
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nConnection: close\r\n"
+            + f"Content-Length: {len(state.body)}\r\n\r\n".encode()
+            + state.body
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    state.port = server.sockets[0].getsockname()[1]
+    yield state
+    server.close()
+    await server.wait_closed()
+
+
+async def test_http_proxy_is_used_and_exempt(
+    proxy: Proxy, make_config: MakeConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP_PROXY on loopback is used; the target name is checked locally first."""
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
+    resolver = FakeResolver({"public.example": [[(PUBLIC, 0)]]})
+    async with Fetcher(make_config(), resolver=resolver) as fetcher:
+        download = await fetcher.get("http://public.example/a.png")
+    assert proxy.body == download.data
+    assert ["GET http://public.example/a.png HTTP/1.1"] == proxy.requests
+    assert ["public.example"] == resolver.calls
+
+
+async def test_proxy_target_resolving_to_private_is_refused(
+    proxy: Proxy, make_config: MakeConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through a proxy a target name resolving to a private address is refused before sending."""
+    monkeypatch.setenv("http_proxy", f"127.0.0.1:{proxy.port}")
+    resolver = FakeResolver({"inside.example": [[(PUBLIC, 0), ("192.168.0.10", 0)]]})
+    async with Fetcher(make_config(), resolver=resolver) as fetcher:
+        with pytest.raises(PolicyError) as caught:
+            await fetcher.get("http://inside.example/a.png")
+    assert "private-address" == caught.value.reason
+    assert [] == proxy.requests
+
+
+async def test_connect_to_wins_over_the_proxy(
+    upstream: Upstream, proxy: Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connect_to host goes straight to its mapped address even with HTTP_PROXY set."""
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
+    download = await fetch(upstream.config(), upstream.url("/img.png"))
+    assert upstream.png == download.data
+    assert [] == proxy.requests
+
+
+async def test_no_proxy_bypasses_the_proxy(
+    upstream: Upstream, proxy: Proxy, make_config: MakeConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host in NO_PROXY is fetched directly."""
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
+    monkeypatch.setenv("NO_PROXY", "direct.example")
+    resolver = FakeResolver({"direct.example": [[("127.0.0.1", upstream.port)]]})
+    config = make_config(allow_private=True, allowed_ports=(upstream.port,))
+    async with Fetcher(config, resolver=resolver) as fetcher:
+        download = await fetcher.get(f"http://direct.example:{upstream.port}/img.png")
+    assert upstream.png == download.data
+    assert [] == proxy.requests
+
+
+@pytest.mark.parametrize(
+    ("error", "retry"),
+    [
+        (UpstreamStatusError(500), True),
+        (UpstreamStatusError(503), True),
+        (UpstreamStatusError(408), True),
+        (UpstreamStatusError(425), True),
+        (UpstreamStatusError(429), True),
+        (UpstreamStatusError(404), False),
+        (UpstreamStatusError(403), False),
+        (FetchError("x"), True),
+        (UpstreamTimeout("x"), True),
+        (Truncated("x"), True),
+        (TooLarge("x"), False),
+        (PolicyError("x"), False),
+        (PolicyError("x", "bad-port"), False),
+        (FetchError("x", "too-many-redirects"), False),
+        (FetchError("x", "tls"), False),
+        (ValueError("x"), False),
+    ],
+)
+def test_retry_policy(error: BaseException, retry: bool) -> None:
+    """Only transient failures are retried."""
+    assert retry == is_retryable(error)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("3", 3.0),
+        (" 0 ", 0.0),
+        ("Thu, 01 Jan 1970 00:01:40 GMT", 60.0),
+        ("Thu, 01 Jan 1970 00:00:10 GMT", 0.0),
+        ("soon", None),
+        ("-5", None),
+        (None, None),
+    ],
+)
+def test_parse_retry_after(value: str | None, expected: float | None) -> None:
+    """Retry-After is delta-seconds or an HTTP date; a past date means now."""
+    assert expected == parse_retry_after(value, now=40.0)
+
+
+def test_network_guard_blocks_non_loopback(network_guard: NetworkGuard) -> None:
+    """The conftest guard itself refuses a connect beyond loopback."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        with pytest.raises(RuntimeError, match="network guard"):
+            sock.connect(("192.0.2.1", 80))
+    finally:
+        sock.close()
+        network_guard.violations.clear()

@@ -1,0 +1,261 @@
+"""mirror fetch / run / rewrite end to end against a real local origin and a fake proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from PIL import Image
+
+from mirror.cli import main
+from mirror.errors import ExitStatus
+from mirror.manifest import Manifest, manifest_path
+
+WRAP = "http://proxy.example/?"
+
+
+def image(size: tuple[int, int], fmt: str = "JPEG") -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 90)).save(out, fmt)
+    return out.getvalue()
+
+
+@dataclass
+class Origin:
+    port: int = 0
+    hits: Counter[str] = field(default_factory=Counter)
+
+
+GOOD = image((60, 40))
+PLACEHOLDER = image((20, 20))
+
+
+@pytest.fixture
+def origin() -> Iterator[Origin]:
+    """
+    Serve origin.example (by path) and a fake proxy (by Host) on one local port.
+
+    The server runs on its own thread and loop because main() runs asyncio.run() itself.
+    """
+    state = Origin()
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        host = request.host.split(":")[0]
+        state.hits[f"{host}{request.path_qs}"] += 1
+        if host == "proxy.example":
+            inner = request.rel_url.raw_query_string
+            if "dead" in inner:
+                return web.Response(status=404)
+            return web.Response(body=GOOD, content_type="image/jpeg")
+        if request.path.startswith("/good"):
+            return web.Response(body=GOOD, content_type="text/plain")
+        if request.path.startswith("/placeholder"):
+            return web.Response(body=PLACEHOLDER, content_type="image/jpeg")
+        if request.path.startswith("/html"):
+            return web.Response(text="<html>hi</html>", content_type="text/html")
+        if request.path.startswith("/to-loopback"):
+            raise web.HTTPFound("http://127.0.0.1:9/x.jpg")
+        return web.Response(status=404)
+
+    app = web.Application()
+    app.router.add_route("GET", "/{tail:.*}", handle)
+    loop = asyncio.new_event_loop()
+    server = TestServer(app, host="127.0.0.1")
+    loop.run_until_complete(server.start_server())
+    assert server.port is not None
+    state.port = server.port
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+
+
+def post_text(*paths: str) -> str:
+    body = "".join(
+        f'<p><img src="{WRAP}http://origin.example{p}" data-size="60,40" '
+        f'referrerpolicy="no-referrer"></p>'
+        for p in paths
+    )
+    return (
+        f"\n---\ntitle: 't'\nheadimg: '{WRAP}http://origin.example{paths[0]}'\n---\n\n"
+        f"<div>   \n{body}\n</div>\n            "
+    )
+
+
+@pytest.fixture
+def setup(tmp_path: Path, origin: Origin) -> tuple[Path, Path, list[str]]:
+    posts = tmp_path / "posts"
+    posts.mkdir()
+    config = tmp_path / "config.toml"
+    config.write_text(
+        "[scan]\n"
+        "wrappers = ['^http://proxy\\.example/\\?(?P<url>.+)$']\n"
+        "[fetch]\nbackoff_initial = 0.0\nattempts = 1\n"
+        "[network]\n"
+        f"connect_to = ['origin.example:80:127.0.0.1:{origin.port}', "
+        f"'proxy.example:80:127.0.0.1:{origin.port}']\n"
+        f"[store]\npath = '{tmp_path / 'cache'}'\n",
+        encoding="utf-8",
+    )
+    return posts, config, ["--config", str(config)]
+
+
+def read_report(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_run_mirrors_rewrites_and_reports(
+    setup: tuple[Path, Path, list[str]], origin: Origin, tmp_path: Path
+) -> None:
+    """run stores verified objects, rewrites only mirrored spans and reports every reference."""
+    posts, _config, opts = setup
+    text = post_text("/good/a.jpg")
+    zaker = (
+        f'\n---\ntitle: z\n---\n\n<div><img data-original="http://origin.example/good/z.jpg" '
+        f'data-width="60" data-height="40" src="{WRAP}http://origin.example/good/z.jpg"></div>\n'
+    )
+    (posts / "a.md").write_text(text, encoding="utf-8")
+    (posts / "z.md").write_text(zaker, encoding="utf-8")
+    report = tmp_path / "r.jsonl"
+    assert ExitStatus.OK == main(["run", *opts, "--report", str(report), str(posts)])
+    rows = read_report(report)
+    assert {"mirrored"} == {r["status"] for r in rows}
+    assert 4 == len(rows)
+    sha = rows[0]["sha256"]
+    assert isinstance(sha, str)
+    local = f"/mirror/{sha[:2]}/{sha}.jpg"
+    assert text.replace(f"{WRAP}http://origin.example/good/a.jpg", local) == (
+        posts / "a.md"
+    ).read_text(encoding="utf-8")
+    zaker_after = (posts / "z.md").read_text(encoding="utf-8")
+    assert 2 == zaker_after.count(local)
+    assert "origin.example" not in zaker_after
+    assert GOOD == (tmp_path / "cache" / "objects" / sha[:2] / f"{sha}.jpg").read_bytes()
+    first = rows[0]
+    assert {
+        "post",
+        "line",
+        "url",
+        "source",
+        "where",
+        "declared",
+        "status",
+        "reason",
+        "sha256",
+        "bytes",
+        "format",
+        "width",
+        "height",
+        "file",
+        "local_url",
+        "fetched_from",
+        "attempts",
+    } == set(first)
+    assert ("origin", 60, 40, "JPEG") == (
+        first["fetched_from"],
+        first["width"],
+        first["height"],
+        first["format"],
+    )
+    # Same bytes from two URLs are stored once; one request per source.
+    assert 1 == len(list((tmp_path / "cache" / "objects").rglob("*.jpg")))
+    assert 1 == origin.hits["origin.example/good/a.jpg"]
+
+
+def test_second_run_requests_nothing(setup: tuple[Path, Path, list[str]], origin: Origin) -> None:
+    """A second run makes no request for mirrored references and changes no post."""
+    posts, _config, opts = setup
+    (posts / "a.md").write_text(post_text("/good/a.jpg", "/good/b.jpg"), encoding="utf-8")
+    assert ExitStatus.OK == main(["run", *opts, str(posts)])
+    after = (posts / "a.md").read_bytes()
+    before_hits = sum(origin.hits.values())
+    assert ExitStatus.OK == main(["run", *opts, str(posts)])
+    assert before_hits == sum(origin.hits.values())
+    assert after == (posts / "a.md").read_bytes()
+
+
+def test_placeholder_falls_back_to_proxy(
+    setup: tuple[Path, Path, list[str]], tmp_path: Path
+) -> None:
+    """An origin placeholder of another size is size-mismatch; the proxy delivers the image."""
+    posts, _config, opts = setup
+    (posts / "p.md").write_text(post_text("/placeholder/p.jpg"), encoding="utf-8")
+    report = tmp_path / "r.jsonl"
+    assert ExitStatus.OK == main(["run", *opts, "--report", str(report), str(posts)])
+    row = next(r for r in read_report(report) if r["where"] == "img@src")
+    assert ("mirrored", "proxy") == (row["status"], row["fetched_from"])
+    attempts = row["attempts"]
+    assert isinstance(attempts, list)
+    assert ["size-mismatch", "ok"] == [a["outcome"] for a in attempts]
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "reason"),
+    [
+        ("/dead/x.jpg", "failed", "http-404"),
+        ("/html/dead.jpg", "failed", "not-an-image"),
+        ("/to-loopback/dead.jpg", "blocked", "private-address"),
+    ],
+)
+def test_failures_keep_the_post_and_back_off(
+    setup: tuple[Path, Path, list[str]],
+    tmp_path: Path,
+    path: str,
+    status: str,
+    reason: str,
+) -> None:
+    """A reference no source delivers stays as written, with its reason; the rerun skips it."""
+    posts, _config, opts = setup
+    text = post_text(path)
+    (posts / "f.md").write_text(text, encoding="utf-8")
+    report = tmp_path / "r.jsonl"
+    assert ExitStatus.INCOMPLETE == main(["run", *opts, "--report", str(report), str(posts)])
+    row = next(r for r in read_report(report) if r["where"] == "img@src")
+    assert (status, reason) == (row["status"], row["reason"])
+    assert text == (posts / "f.md").read_text(encoding="utf-8")
+    assert ExitStatus.INCOMPLETE == main(["run", *opts, "--report", str(report), str(posts)])
+    assert {"skipped"} == {r["status"] for r in read_report(report)}
+
+
+def test_fetch_leaves_posts_and_rewrite_uses_manifest(
+    setup: tuple[Path, Path, list[str]], tmp_path: Path
+) -> None:
+    """fetch only fills the store; rewrite then takes its mapping from the manifest."""
+    posts, _config, opts = setup
+    text = post_text("/good/m.jpg")
+    (posts / "m.md").write_text(text, encoding="utf-8")
+    assert ExitStatus.OK == main(["fetch", *opts, str(posts)])
+    assert text == (posts / "m.md").read_text(encoding="utf-8")
+    with Manifest(manifest_path(tmp_path / "cache"), readonly=True) as manifest:
+        assert {"http://origin.example/good/m.jpg"} == set(manifest.mirrored_mapping("/m/"))
+    assert ExitStatus.OK == main(["rewrite", *opts, str(posts)])
+    assert "origin.example" not in (posts / "m.md").read_text(encoding="utf-8")
+
+
+def test_run_out_and_dry_run(
+    setup: tuple[Path, Path, list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--out writes copies and leaves sources; --dry-run fetches and writes nothing."""
+    posts, _config, opts = setup
+    text = post_text("/good/o.jpg")
+    (posts / "o.md").write_text(text, encoding="utf-8")
+    assert ExitStatus.INCOMPLETE == main(["run", *opts, "--dry-run", str(posts)])
+    assert not (tmp_path / "cache").exists()
+    out = tmp_path / "out"
+    assert ExitStatus.OK == main(["run", *opts, "--out", str(out), str(posts)])
+    assert text == (posts / "o.md").read_text(encoding="utf-8")
+    assert "origin.example" not in (out / "o.md").read_text(encoding="utf-8")
