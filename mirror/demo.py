@@ -104,7 +104,8 @@ class _Handler:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Serve by Host (port stripped) and path (percent-decoded once); the proxy by query."""
-        host = request.host.rsplit(":", 1)[0].lower() if request.host else ""
+        # The header itself: request.host falls back to getfqdn(), a DNS lookup.
+        host = request.headers.get("Host", "").rsplit(":", 1)[0].lower()
         raw_path, _, raw_query = request.raw_path.partition("?")
         if host == PROXY_HOST:
             return await self._proxy(unquote(raw_path), raw_query)

@@ -259,3 +259,15 @@ def test_run_out_and_dry_run(
     assert ExitStatus.OK == main(["run", *opts, "--out", str(out), str(posts)])
     assert text == (posts / "o.md").read_text(encoding="utf-8")
     assert "origin.example" not in (out / "o.md").read_text(encoding="utf-8")
+
+
+def test_demo_runs_the_whole_job(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """mirror demo mirrors the bundled example; only the deliberately faulty images fail."""
+    work = tmp_path / "demo"
+    assert ExitStatus.OK == main(["demo", "-q", "--dir", str(work)])
+    rows = read_report(work / "report.jsonl")
+    failed = {(r["reason"], r["status"]) for r in rows if r["status"] != "mirrored"}
+    assert {("http-404", "failed"), ("not-an-image", "failed")} == failed
+    placeholder = [r for r in rows if r["fetched_from"] == "proxy"]
+    assert placeholder
+    assert "rewritten posts:" in capsys.readouterr().out
