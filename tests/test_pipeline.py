@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,6 +42,14 @@ class Origin:
 
 
 GOOD = image((60, 40))
+
+
+def image_n(n: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (60, 40), (n % 256, n // 256, 7)).save(out, "JPEG")
+    return out.getvalue()
+
+
 PLACEHOLDER = image((20, 20))
 
 
@@ -56,6 +70,10 @@ def origin() -> Iterator[Origin]:
             if "dead" in inner:
                 return web.Response(status=404)
             return web.Response(body=GOOD, content_type="image/jpeg")
+        if request.path.startswith("/slow/"):
+            await asyncio.sleep(0.05)
+            n = int(request.path.rsplit("/", 1)[-1].split(".")[0])
+            return web.Response(body=image_n(n), content_type="image/jpeg")
         if request.path.startswith("/good"):
             return web.Response(body=GOOD, content_type="text/plain")
         if request.path.startswith("/placeholder"):
@@ -271,3 +289,47 @@ def test_demo_runs_the_whole_job(tmp_path: Path, capsys: pytest.CaptureFixture[s
     placeholder = [r for r in rows if r["fetched_from"] == "proxy"]
     assert placeholder
     assert "rewritten posts:" in capsys.readouterr().out
+
+
+def _state(posts: Path, store: Path) -> tuple[dict[str, bytes], set[str], dict[str, int]]:
+    # A post write cut short leaves a hidden temp file beside it (never a half-written post).
+    texts = {p.name: p.read_bytes() for p in sorted(posts.iterdir()) if not p.name.startswith(".")}
+    objects = {p.name for p in (store / "objects").rglob("*") if not p.name.startswith(".")}
+    with Manifest(manifest_path(store), readonly=True) as manifest:
+        return texts, objects, manifest.counts()
+
+
+def test_sigkill_mid_run_then_rerun_matches_uninterrupted(
+    setup: tuple[Path, Path, list[str]], tmp_path: Path
+) -> None:
+    """A run killed with SIGKILL mid-way, then rerun, ends where an uninterrupted run ends."""
+    _posts, config, _opts = setup
+    trees = {}
+    for name in ("killed", "clean"):
+        posts = tmp_path / name / "posts"
+        posts.mkdir(parents=True)
+        for i in range(30):
+            paths = [f"/slow/{i * 4 + j}.jpg" for j in range(4)]
+            (posts / f"{i:02}.md").write_text(post_text(*paths), encoding="utf-8")
+        trees[name] = (posts, tmp_path / name / "cache")
+    command = [sys.executable, "-m", "mirror", "run", "-q", "--config", str(config), "--jobs", "4"]
+    posts, store = trees["killed"]
+    proc = subprocess.Popen([*command, "--store", str(store), str(posts)])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(list((store / "objects").rglob("*.jpg"))) >= 20:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    # A write cut short stays a hidden temp file; every visible object is whole.
+    for obj in (store / "objects").rglob("*.jpg"):
+        if not obj.name.startswith("."):
+            assert obj.stem == hashlib.sha256(obj.read_bytes()).hexdigest()
+    for name, (posts, store) in trees.items():
+        done = subprocess.run(
+            [*command, "--store", str(store), str(posts)], timeout=60, check=False
+        )
+        assert 0 == done.returncode, name
+    assert _state(*trees["clean"]) == _state(*trees["killed"])
