@@ -172,7 +172,7 @@ class Job:
         outcomes = dict(
             zip(
                 targets,
-                await asyncio.gather(*(self._source(s, targets[s], refs) for s in targets)),
+                await asyncio.gather(*(self._source(s, targets[s]) for s in targets)),
                 strict=True,
             )
         )
@@ -227,7 +227,7 @@ class Job:
             if generation is not None:
                 self.manifest.forget_rewrite(str(post.path), generation)
 
-    async def _source(self, source: str, refs: list[ImageRef], all_refs: list[ImageRef]) -> Outcome:
+    async def _source(self, source: str, refs: list[ImageRef]) -> Outcome:
         future = self._futures.get(source)
         if future is None:
             future = asyncio.get_running_loop().create_future()
