@@ -32,7 +32,7 @@ from mirror.manifest import Manifest, manifest_path
 from mirror.models import ImageRef
 from mirror.pipeline import Job, RunSummary
 from mirror.rewrite import decode, rewrite
-from mirror.scan import iter_posts, write_post
+from mirror.scan import find_posts, iter_posts, write_post
 from mirror.source import origin_host
 
 log = logging.getLogger("mirror.scan")
@@ -192,16 +192,27 @@ def _print_summary(summary: RunSummary, seconds: float, out: TextIO) -> None:
         print(f"  not mirrored, by host: {hosts}", file=out)
 
 
-async def _progress(job: Job, started: float) -> None:
+def progress_line(summary: RunSummary, total_posts: int, elapsed: float) -> str:
+    """Describe a run in progress: posts done/total, references, bytes, rate and ETA."""
+    done = sum(summary.statuses.values())
+    megabytes = summary.fetched_bytes / 1e6
+    line = (
+        f"{summary.posts}/{total_posts} posts, {done} references done, "
+        f"{megabytes:.1f} MB ({megabytes / max(elapsed, 1e-3):.1f} MB/s)"
+    )
+    if 0 < summary.posts < total_posts:
+        left = elapsed / summary.posts * (total_posts - summary.posts)
+        line += f", ETA {int(left) // 60}:{int(left) % 60:02d}"
+    return line
+
+
+async def _progress(job: Job, total_posts: int, started: float) -> None:
     """Redraw one status line on a terminal until cancelled."""
     try:
         while True:
             await asyncio.sleep(0.5)
-            s = job.summary
-            rate = s.fetched_bytes / 1e6 / max(time.monotonic() - started, 1e-3)
-            done = sum(s.statuses.values())
-            line = f"{s.posts} posts, {done} references done, {s.fetched_bytes / 1e6:.1f} MB"
-            sys.stderr.write(f"\r{line} ({rate:.1f} MB/s)\x1b[K")
+            line = progress_line(job.summary, total_posts, time.monotonic() - started)
+            sys.stderr.write(f"\r{line}\x1b[K")
             sys.stderr.flush()
     finally:
         sys.stderr.write("\r\x1b[K")
@@ -211,7 +222,9 @@ async def _run_job(job: Job, paths: Sequence[Path], quiet: bool) -> RunSummary:
     started = time.monotonic()
     ticker = None
     if not quiet and sys.stderr.isatty():
-        ticker = asyncio.create_task(_progress(job, started))
+        # Only a terminal gets progress, so only then is the tree walked twice (for the total).
+        total = sum(1 for _ in find_posts(paths, job.config.scan))
+        ticker = asyncio.create_task(_progress(job, total, started))
     try:
         return await job.run(paths)
     finally:

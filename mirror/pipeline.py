@@ -234,8 +234,13 @@ class Job:
             self._futures[source] = future
             try:
                 future.set_result(await self._resolve(source, refs))
+            except asyncio.CancelledError:
+                future.cancel()
+                raise
             except BaseException as exc:
                 future.set_exception(exc)
+                # The run stops on this error anyway; waiters need not all retrieve it.
+                future.exception()
                 raise
             return future.result()
         return await asyncio.shield(future)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from mirror.cli import main
+from mirror.cli import main, progress_line
 from mirror.errors import ExitStatus
+from mirror.pipeline import RunSummary
 
 W = "https://cors.zfour.workers.dev/?"
 SRC = "http://static.1sapp.example/qupost/img/a.jpeg"
@@ -191,3 +192,12 @@ def test_rewrite_control_posts_untouched(tmp_path: Path) -> None:
     assert ExitStatus.OK == main(["rewrite", "--map", str(mapping), str(control)])
     assert data == control.read_bytes()
     assert stat.st_mtime_ns == control.stat().st_mtime_ns
+
+
+def test_progress_line_shows_totals_rate_and_eta() -> None:
+    """The terminal progress line gives posts done/total, references, bytes, rate and ETA."""
+    summary = RunSummary(posts=5, fetched_bytes=2_000_000)
+    summary.statuses["mirrored"] = 12
+    expected = "5/10 posts, 12 references done, 2.0 MB (0.2 MB/s), ETA 0:10"
+    assert expected == progress_line(summary, 10, 10.0)
+    assert "ETA" not in progress_line(summary, 5, 10.0)

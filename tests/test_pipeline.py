@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import io
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,6 +25,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from PIL import Image
 
+from mirror import store as store_module
 from mirror.cli import main
 from mirror.errors import ExitStatus
 from mirror.manifest import Manifest, manifest_path
@@ -42,6 +46,19 @@ class Origin:
 
 
 GOOD = image((60, 40))
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+# A tiny PNG whose header declares 40000 x 40000 pixels: never decoded, never allocated.
+PIXEL_BOMB = (
+    b"\x89PNG\r\n\x1a\n"
+    + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 40000, 40000, 8, 2, 0, 0, 0))
+    + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+    + _png_chunk(b"IEND", b"")
+)
 
 
 def image_n(n: int) -> bytes:
@@ -74,6 +91,19 @@ def origin() -> Iterator[Origin]:
             await asyncio.sleep(0.05)
             n = int(request.path.rsplit("/", 1)[-1].split(".")[0])
             return web.Response(body=image_n(n), content_type="image/jpeg")
+        if request.path.startswith("/flaky/"):
+            if state.hits[f"{host}{request.path_qs}"] == 1:
+                return web.Response(status=500)
+            return web.Response(body=GOOD, content_type="image/jpeg")
+        if request.path.startswith("/stall/"):
+            await asyncio.sleep(2)
+            return web.Response(body=GOOD, content_type="image/jpeg")
+        if request.path.startswith("/big/"):
+            return web.Response(body=b"\xff\xd8" + bytes(2_000_000), content_type="image/jpeg")
+        if request.path.startswith("/bomb/"):
+            return web.Response(body=PIXEL_BOMB, content_type="image/png")
+        if request.path.startswith("/cut/"):
+            return web.Response(body=GOOD[:-100], content_type="image/jpeg")
         if request.path.startswith("/good"):
             return web.Response(body=GOOD, content_type="text/plain")
         if request.path.startswith("/placeholder"):
@@ -122,7 +152,8 @@ def setup(tmp_path: Path, origin: Origin) -> tuple[Path, Path, list[str]]:
     config.write_text(
         "[scan]\n"
         "wrappers = ['^http://proxy\\.example/\\?(?P<url>.+)$']\n"
-        "[fetch]\nbackoff_initial = 0.0\nattempts = 1\n"
+        "[fetch]\nbackoff_initial = 0.0\nattempts = 2\nread_timeout = 0.3\n"
+        "max_bytes = 1000000\n"
         "[network]\n"
         f"connect_to = ['origin.example:80:127.0.0.1:{origin.port}', "
         f"'proxy.example:80:127.0.0.1:{origin.port}']\n"
@@ -227,6 +258,10 @@ def test_placeholder_falls_back_to_proxy(
         ("/dead/x.jpg", "failed", "http-404"),
         ("/html/dead.jpg", "failed", "not-an-image"),
         ("/to-loopback/dead.jpg", "blocked", "private-address"),
+        ("/stall/dead.jpg", "failed", "timeout"),
+        ("/big/dead.jpg", "failed", "too-large"),
+        ("/bomb/dead.png", "failed", "pixel-bomb"),
+        ("/cut/dead.jpg", "failed", "truncated"),
     ],
 )
 def test_failures_keep_the_post_and_back_off(
@@ -247,6 +282,39 @@ def test_failures_keep_the_post_and_back_off(
     assert text == (posts / "f.md").read_text(encoding="utf-8")
     assert ExitStatus.INCOMPLETE == main(["run", *opts, "--report", str(report), str(posts)])
     assert {"skipped"} == {r["status"] for r in read_report(report)}
+
+
+def test_transient_failure_is_retried(
+    setup: tuple[Path, Path, list[str]], origin: Origin, tmp_path: Path
+) -> None:
+    """A 500 followed by the image is retried on the same source and mirrored from the origin."""
+    posts, _config, opts = setup
+    (posts / "t.md").write_text(post_text("/flaky/t.jpg"), encoding="utf-8")
+    report = tmp_path / "r.jsonl"
+    assert ExitStatus.OK == main(["run", *opts, "--report", str(report), str(posts)])
+    assert {"origin"} == {r["fetched_from"] for r in read_report(report)}
+    assert 2 == origin.hits["origin.example/flaky/t.jpg"]
+
+
+def test_full_disk_stops_the_run_cleanly(
+    setup: tuple[Path, Path, list[str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """ENOSPC while storing ends the run with a clear error; no post or object is half-written."""
+    posts, _config, opts = setup
+    text = post_text("/good/full.jpg")
+    (posts / "full.md").write_text(text, encoding="utf-8")
+
+    def full(fd: int, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store_module, "_write_all", full)
+    assert ExitStatus.OK != main(["run", *opts, str(posts)])
+    assert "disk is full" in capsys.readouterr().err
+    assert text == (posts / "full.md").read_text(encoding="utf-8")
+    assert [] == [p for p in (tmp_path / "cache").rglob("*") if p.suffix in (".jpg", ".tmp")]
 
 
 def test_fetch_leaves_posts_and_rewrite_uses_manifest(
