@@ -184,8 +184,10 @@ class Job:
             for source, o in outcomes.items()
             if o.status == "mirrored" and o.obj is not None
         }
+        # local_url is what the post now says, so only a run that rewrites fills it in.
+        says = mapping if self.rewrite and not self.dry_run else {}
         for ref in reported:
-            self._count(ref, outcomes[ref.source], mapping.get(ref.source))
+            self._count(ref, outcomes[ref.source], says.get(ref.source))
         if self.rewrite:
             self._rewrite(post, text, refs, mapping)
 

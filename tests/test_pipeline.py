@@ -284,6 +284,18 @@ def test_failures_keep_the_post_and_back_off(
     assert {"skipped"} == {r["status"] for r in read_report(report)}
 
 
+def test_dead_wrapper_with_live_origin(
+    setup: tuple[Path, Path, list[str]], origin: Origin, tmp_path: Path
+) -> None:
+    """The origin is tried first, so a dead wrapper does not matter when the origin serves."""
+    posts, _config, opts = setup
+    (posts / "w.md").write_text(post_text("/good/dead-wrapper.jpg"), encoding="utf-8")
+    report = tmp_path / "r.jsonl"
+    assert ExitStatus.OK == main(["run", *opts, "--report", str(report), str(posts)])
+    assert {"origin"} == {r["fetched_from"] for r in read_report(report)}
+    assert 0 == sum(n for key, n in origin.hits.items() if key.startswith("proxy.example"))
+
+
 def test_transient_failure_is_retried(
     setup: tuple[Path, Path, list[str]], origin: Origin, tmp_path: Path
 ) -> None:
@@ -324,8 +336,10 @@ def test_fetch_leaves_posts_and_rewrite_uses_manifest(
     posts, _config, opts = setup
     text = post_text("/good/m.jpg")
     (posts / "m.md").write_text(text, encoding="utf-8")
-    assert ExitStatus.OK == main(["fetch", *opts, str(posts)])
+    report = tmp_path / "r.jsonl"
+    assert ExitStatus.OK == main(["fetch", *opts, "--report", str(report), str(posts)])
     assert text == (posts / "m.md").read_text(encoding="utf-8")
+    assert {None} == {r["local_url"] for r in read_report(report)}
     with Manifest(manifest_path(tmp_path / "cache"), readonly=True) as manifest:
         assert {"http://origin.example/good/m.jpg"} == set(manifest.mirrored_mapping("/m/"))
     assert ExitStatus.OK == main(["rewrite", *opts, str(posts)])
