@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TextIO
 
 from mirror import __version__
-from mirror.config import Config, load_config
+from mirror.config import Config, load_config, with_public_wrapper
 from mirror.demo import demo_origin
 from mirror.errors import ExitStatus, MirrorError, UsageError
 from mirror.extract import Extractor
@@ -31,9 +31,10 @@ from mirror.log import configure_logging
 from mirror.manifest import Manifest, manifest_path
 from mirror.models import ImageRef
 from mirror.pipeline import Job, RunSummary
-from mirror.rewrite import decode, rewrite
+from mirror.rewrite import decode, rewrap, rewrite
 from mirror.scan import find_posts, iter_posts, write_post
-from mirror.source import origin_host
+from mirror.source import origin_host, wrapper_base
+from mirror.workers import run_serve
 
 log = logging.getLogger("mirror.scan")
 
@@ -128,14 +129,36 @@ def _manifest_mapping(config: Config) -> dict[str, str]:
         return manifest.mirrored_mapping(config.rewrite.base_url)
 
 
+def _rewrap_base(args: argparse.Namespace) -> str | None:
+    if args.rewrap is None:
+        return None
+    if args.map is not None:
+        raise UsageError("--map and --rewrap cannot be combined: --rewrap needs no map")
+    try:
+        return wrapper_base(args.rewrap)
+    except ValueError as exc:
+        raise UsageError(f"--rewrap: {exc}") from exc
+
+
 def cmd_rewrite(args: argparse.Namespace, config: Config) -> ExitStatus:
-    """Rewrite mapped references in place, into --out, or as a diff."""
-    mapping = _load_map(args.map) if args.map is not None else _manifest_mapping(config)
+    """Rewrite mapped (or, with --rewrap, wrapped) references in place, into --out, or as a diff."""
+    base = _rewrap_base(args)
+    mapping: dict[str, str] = {}
+    if base is not None:
+        # Posts rewrapped by an earlier run then read as wrapped, as `mirror scan` reports them.
+        config = with_public_wrapper(config, base)
+    elif args.map is not None:
+        mapping = _load_map(args.map)
+    else:
+        mapping = _manifest_mapping(config)
     extractor = Extractor(config.scan)
     posts = changed = spans = skipped = 0
     for post in iter_posts(args.paths, config.scan):
         posts += 1
-        result = rewrite(post.data, mapping, extractor, post.rel)
+        if base is not None:
+            result = rewrap(post.data, base, extractor, post.rel)
+        else:
+            result = rewrite(post.data, mapping, extractor, post.rel)
         if args.dry_run:
             if result.spans:
                 before = decode(post.data).splitlines(keepends=True)
@@ -148,7 +171,10 @@ def cmd_rewrite(args: argparse.Namespace, config: Config) -> ExitStatus:
         if result.spans:
             changed += 1
             spans += len(result.spans)
-    verb = "would rewrite" if args.dry_run else "rewrote"
+    if args.dry_run:
+        verb = "would rewrite" if base is None else "would rewrap"
+    else:
+        verb = "rewrote" if base is None else "rewrapped"
     print(
         f"mirror: {posts} posts, {verb} {spans} references in {changed} posts"
         + (f", {skipped} changed on disk meanwhile and were left alone" if skipped else ""),
@@ -263,6 +289,17 @@ def cmd_run(args: argparse.Namespace, config: Config) -> ExitStatus:
     return _job(args, config, rewrite=True)
 
 
+def cmd_serve(args: argparse.Namespace, config: Config) -> ExitStatus:
+    """Serve /?<url> and stored objects until SIGTERM."""
+    overrides = {
+        name: getattr(args, name)
+        for name in ("host", "port", "workers", "open")
+        if getattr(args, name) is not None
+    }
+    config = dataclasses.replace(config, serve=dataclasses.replace(config.serve, **overrides))
+    return run_serve(config, args.worker_of)
+
+
 def cmd_demo(args: argparse.Namespace, config: Config) -> ExitStatus:
     """Run the whole job on the bundled example against a bundled local origin."""
     examples = args.examples
@@ -325,6 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     rw.add_argument("--store", type=Path, help="store folder (default: store.path, ./cache)")
     rw.add_argument("--out", type=Path, help="write copies under DIR instead of in place")
     rw.add_argument("--dry-run", action="store_true", help="print a unified diff, write nothing")
+    rw.add_argument(
+        "--rewrap",
+        metavar="URL",
+        help="point wrapped references at URL/?<source> (mirror serve); no map or manifest",
+    )
     rw.set_defaults(handler=cmd_rewrite)
 
     network = argparse.ArgumentParser(add_help=False)
@@ -349,6 +391,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="no network, no writes: print diffs")
     run.set_defaults(handler=cmd_run)
 
+    serve = sub.add_parser(
+        "serve", parents=[common, network], help="answer as the CORS proxy, from the store"
+    )
+    serve.add_argument("--host", help="bind address (default serve.host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="TCP port (default serve.port, 8080; 0: any)")
+    serve.add_argument("--workers", type=int, help="worker processes (default serve.workers, 1)")
+    serve.add_argument(
+        "--open", action="store_true", default=None, help="serve any image URL (serve.open)"
+    )
+    serve.add_argument("--worker-of", help=argparse.SUPPRESS)
+    serve.set_defaults(handler=cmd_serve)
+
     demo = sub.add_parser("demo", parents=[common], help="the whole job on the bundled example")
     demo.add_argument(
         "--examples",
@@ -371,7 +425,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code) if isinstance(exc.code, int) else ExitStatus.USAGE
     configure_logging(-1 if args.quiet else args.verbose)
     try:
-        config = _with_options(load_config(args.config), args)
+        # Posts already pointed at serve.public_url must keep counting as wrapped in every command.
+        config = with_public_wrapper(_with_options(load_config(args.config), args))
         handler: Handler = args.handler
         return handler(args, config)
     except MirrorError as exc:

@@ -8,6 +8,7 @@ is built, and a bad key or value raises :class:`ConfigError` naming ``section.ke
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import tomllib
 import typing
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mirror.errors import ConfigError
+from mirror.source import wrapper_base
 
 DEFAULT_WRAPPERS: tuple[str, ...] = (
     # cors.zfour.workers.dev and every other Cloudflare worker taking the inner URL as the query.
@@ -29,6 +31,7 @@ DEFAULT_WRAPPERS: tuple[str, ...] = (
 DEFAULT_FRONT_MATTER_KEYS = ("headimg", "thumbnail", "cover", "top_img", "banner")
 DEFAULT_INCLUDE = ("*.md", "*.markdown", "*.html", "*.htm")
 MiB = 1024 * 1024
+GiB = 1024 * MiB
 
 
 def _need(key: str, ok: bool, problem: str) -> None:
@@ -156,6 +159,47 @@ class RewriteConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ServeConfig:
+    """How ``mirror serve`` answers as the CORS proxy's replacement."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    open: bool = False
+    allow_hosts: tuple[str, ...] = ()
+    max_store_bytes: int = GiB
+    fallback_proxy: str = ""
+    public_url: str = ""
+    admin_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    memory_cache_bytes: int = 64 * MiB
+    request_timeout: float = 30.0
+    negative_ttl: float = 60.0
+    min_free_bytes: int = 256 * MiB
+    refresh_interval: float = 1.0
+
+    def __post_init__(self) -> None:
+        _need("serve.host", bool(self.host), "must not be empty")
+        _need("serve.port", 0 <= self.port < 65536, f"{self.port} is not a TCP port")
+        _need("serve.workers", 1 <= self.workers <= 64, "must be between 1 and 64")
+        for name in ("max_store_bytes", "request_timeout", "negative_ttl", "refresh_interval"):
+            _positive(f"serve.{name}", getattr(self, name))
+        for name in ("memory_cache_bytes", "min_free_bytes"):
+            _need(f"serve.{name}", getattr(self, name) >= 0, "must not be negative")
+        for host in self.allow_hosts:
+            ok = re.fullmatch(r"(\*\.)?[a-z0-9.-]+", host) is not None
+            _need("serve.allow_hosts", ok, f"{host!r} is not a lowercase host or *.domain")
+        for network in self.admin_networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError as exc:
+                raise ConfigError("serve.admin_networks", f"{network!r}: {exc}") from exc
+        for name in ("fallback_proxy", "public_url"):
+            value = getattr(self, name)
+            ok = not value or re.match(r"https?://[^/?#]+", value) is not None
+            _need(f"serve.{name}", ok, f"{value!r} is not an http(s) URL")
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole tree; build it with :func:`load_config`, change it with ``dataclasses.replace``."""
 
@@ -165,6 +209,7 @@ class Config:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     rewrite: RewriteConfig = field(default_factory=RewriteConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,3 +307,44 @@ def load_config(path: Path | None) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), f"not valid TOML: {exc}") from exc
     return config_from_mapping(data)
+
+
+def _wrapper_pattern(base: str) -> str:
+    """Return the ``scan.wrappers`` regex for a base made by :func:`wrapper_base`."""
+    rest = base.split(":", 1)[1]
+    if rest.count("/") == 3:
+        # At the root, ``https://host?x`` is the same request as ``https://host/?x``.
+        return rf"^(?:https?:)?{re.escape(rest[:-1])}/?\?(?P<url>.+)$"
+    return rf"^(?:https?:)?{re.escape(rest)}\?(?P<url>.+)$"
+
+
+def with_public_wrapper(config: Config, base: str | None = None) -> Config:
+    """
+    Count ``<base>?<inner url>`` as a wrapper, for ``serve.public_url`` and ``base``.
+
+    Posts rewrapped to point at ``mirror serve`` (``mirror rewrite --rewrap``) must still be found
+    and mirrored by later scans. The patterns are appended, so the configured wrappers keep
+    their precedence.
+
+    Args:
+        config: the tree to extend.
+        base: another public base, e.g. ``--rewrap``'s value.
+
+    Raises:
+        ConfigError: ``serve.public_url`` is not a base that :func:`wrapper_base` accepts.
+        ValueError: ``base`` is not.
+    """
+    bases = []
+    if config.serve.public_url:
+        try:
+            bases.append(wrapper_base(config.serve.public_url))
+        except ValueError as exc:
+            raise ConfigError("serve.public_url", str(exc)) from exc
+    if base is not None:
+        bases.append(wrapper_base(base))
+    wrappers = config.scan.wrappers
+    extra = tuple(p for p in dict.fromkeys(map(_wrapper_pattern, bases)) if p not in wrappers)
+    if not extra:
+        return config
+    scan = dataclasses.replace(config.scan, wrappers=wrappers + extra)
+    return dataclasses.replace(config, scan=scan)

@@ -214,7 +214,9 @@ class Fetcher:
         self._resolver: PolicyResolver | None = None
         self._session: aiohttp.ClientSession | None = None
         self._jobs = asyncio.Semaphore(config.fetch.jobs)
-        self._per_key: dict[str, asyncio.Semaphore] = {}
+        # key -> (semaphore, users); dropped when unused, so a long serve in open mode does not
+        # keep one per host it ever saw.
+        self._per_key: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}
         self._backoff = wait_random_exponential(
             multiplier=config.fetch.backoff_initial, max=config.fetch.backoff_max
         )
@@ -328,12 +330,19 @@ class Fetcher:
 
     @contextlib.asynccontextmanager
     async def _slot(self, key: str) -> AsyncIterator[None]:
-        per_key = self._per_key.get(key)
-        if per_key is None:
-            per_key = self._per_key[key] = asyncio.Semaphore(self._fetch.per_host)
-        # The host slot first, so a request queued behind a busy host holds no global slot.
-        async with per_key, self._jobs:
-            yield
+        slot = self._per_key.get(key)
+        if slot is None:
+            slot = self._per_key[key] = (asyncio.Semaphore(self._fetch.per_host), [0])
+        per_key, users = slot
+        users[0] += 1
+        try:
+            # The host slot first, so a request queued behind a busy host holds no global slot.
+            async with per_key, self._jobs:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._per_key[key]
 
     def _wait(self, state: RetryCallState) -> float:
         failure = state.outcome.exception() if state.outcome is not None else None

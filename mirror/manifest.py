@@ -18,6 +18,9 @@ block the one writer. Times are Unix seconds (REAL). Tables:
              a post; generations count up from 1.
 ``spans``    (post, generation, seq) PK, offset, old, new, source: what that rewrite replaced;
              ``offset`` is a byte offset into the content *before* that generation.
+``served``   source PK, sha256 -> objects, last_served: what ``serve`` in open mode fetched for
+             URLs no post names. Such objects are evictable (least recently served first) unless
+             a ``sources`` row also names them; ``last_served`` is updated in batches.
 
 Merging a result into an existing ``sources`` row (:meth:`Manifest.record_results`):
 ``mirrored`` replaces the row and zeroes ``failures``; ``failed`` adds one to ``failures``;
@@ -43,7 +46,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +92,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (post, generation, seq),
             FOREIGN KEY (post, generation) REFERENCES rewrites (post, generation)
                 ON DELETE CASCADE) WITHOUT ROWID""",
+    ),
+    (
+        """CREATE TABLE served (
+            source TEXT PRIMARY KEY, sha256 TEXT NOT NULL REFERENCES objects (sha256),
+            last_served REAL NOT NULL) WITHOUT ROWID""",
+        "CREATE INDEX served_sha256 ON served (sha256)",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -153,6 +162,18 @@ class SourceRow:
     last_attempt: float | None
     next_attempt: float | None
     failures: int
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogRow:
+    """One source URL as ``serve`` sees it: ``status`` is ``served`` for an open-mode row."""
+
+    source: str
+    status: str
+    sha256: str | None
+    ext: str | None
+    size: int | None
+    format: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -556,3 +577,58 @@ class Manifest:
             conn.execute(
                 "DELETE FROM rewrites WHERE post = ? AND generation = ?", (post, generation)
             )
+
+    def catalog(self) -> list[CatalogRow]:
+        """Return every source and open-mode row with its object, for ``serve``'s URL map."""
+        sql = """SELECT s.source, s.status, s.sha256, o.ext, o.bytes, o.format FROM sources s
+            LEFT JOIN objects o ON o.sha256 = s.sha256
+            UNION ALL SELECT v.source, 'served', v.sha256, o.ext, o.bytes, o.format FROM served v
+            JOIN objects o ON o.sha256 = v.sha256"""
+        with self._lock, self._errors("reading the catalog"):
+            return [CatalogRow(*values) for values in self.conn.execute(sql)]
+
+    def record_served(self, source: str, result: SourceResult) -> None:
+        """Record what open mode fetched for a URL no post names (``result`` is mirrored)."""
+        if result.status != "mirrored":
+            raise ValueError(f"only a mirrored result is served, not {result.status!r}")
+        now = self._clock()
+        obj = (result.sha256, result.ext, result.size, result.format, result.width, result.height)
+        with self.transaction() as conn, self._errors("recording a served object"):
+            conn.execute(
+                "INSERT INTO objects VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (*obj, now),
+            )
+            conn.execute(
+                "INSERT OR REPLACE INTO served VALUES (?, ?, ?)", (source, result.sha256, now)
+            )
+
+    def touch_served(self, seen: Mapping[str, float]) -> None:
+        """Note when open-mode sources were last served (one batch, one transaction)."""
+        sql = "UPDATE served SET last_served = MAX(last_served, ?) WHERE source = ?"
+        with self.transaction() as conn, self._errors("noting served objects"):
+            conn.executemany(sql, [(when, source) for source, when in seen.items()])
+
+    def evict_served(self, max_bytes: int) -> list[tuple[str, str]]:
+        """
+        Forget the least recently served open-mode objects beyond ``max_bytes`` in all.
+
+        Objects a ``sources`` row names are never candidates. Returns ``(sha256, ext)`` of the
+        objects forgotten; the caller deletes their files *after* this commits, so no row ever
+        names a missing file.
+        """
+        sql = """SELECT o.sha256, o.ext, o.bytes FROM served v JOIN objects o ON o.sha256 = v.sha256
+            WHERE NOT EXISTS (SELECT 1 FROM sources s WHERE s.sha256 = v.sha256)
+            GROUP BY o.sha256 ORDER BY MAX(v.last_served) DESC, o.sha256"""
+        with self.transaction() as conn, self._errors("evicting served objects"):
+            kept = 0
+            evicted: list[tuple[str, str]] = []
+            for sha256, ext, size in conn.execute(sql).fetchall():
+                kept += size
+                if kept > max_bytes:
+                    evicted.append((sha256, ext))
+            for chunk in range(0, len(evicted), _CHUNK):
+                shas = [sha for sha, _ext in evicted[chunk : chunk + _CHUNK]]
+                marks = ",".join("?" * len(shas))
+                conn.execute(f"DELETE FROM served WHERE sha256 IN ({marks})", shas)
+                conn.execute(f"DELETE FROM objects WHERE sha256 IN ({marks})", shas)
+        return evicted

@@ -1,6 +1,8 @@
 """
 Pure: (post, mapping source → new URL) → new post bytes and the spans replaced.
 
+:func:`rewrite` applies a mapping; :func:`rewrap` moves wrapped references to another wrapper.
+
 Only the URL spans of mapped references change; every other byte (quoting, entities, line
 endings, BOM, trailing spaces, undecodable bytes) stays identical. Parser output is never written
 back. The new URL is encoded for where it stands.
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 
 from mirror.extract import Extractor
 from mirror.models import ImageRef, Span
+from mirror.source import wrapper_base
 
 _YAML_PLAIN_SAFE = re.compile(r"[^\s\-?:,\[\]{}#&*!|>'\"%@`](?:[^\s#:]|:(?!\s)|#(?<!\s#))*")
 _HTML_UNQUOTED_UNSAFE = re.compile(r"[\s\"'=<>`]")
@@ -75,10 +78,16 @@ def encode_url(url: str, syntax: str, quote: str) -> str:
 
 
 def replace(
-    text: str, refs: Sequence[ImageRef], mapping: Mapping[str, str]
+    text: str,
+    refs: Sequence[ImageRef],
+    mapping: Mapping[str, str],
+    *,
+    proxied_only: bool = False,
 ) -> tuple[str, tuple[Span, ...]]:
     """
     Replace the spans of ``refs`` whose source is in ``mapping``.
+
+    With ``proxied_only``, raw references keep their URL even when their source is mapped.
 
     Returns:
         The new text and the spans, with byte offsets into the original's UTF-8 encoding.
@@ -89,7 +98,7 @@ def replace(
     byte_at = 0
     for ref in sorted(refs, key=lambda r: r.start):
         target = mapping.get(ref.source)
-        if target is None:
+        if target is None or (proxied_only and not ref.proxied):
             continue
         new = encode_url(target, ref.syntax, ref.quote)
         old = text[ref.start : ref.end]
@@ -108,7 +117,25 @@ def replace(
     return "".join(pieces), tuple(spans)
 
 
-def rewrite(data: bytes, mapping: Mapping[str, str], extractor: Extractor, post: str) -> Rewritten:
+def _rewritten(
+    data: bytes,
+    text: str,
+    refs: Sequence[ImageRef],
+    mapping: Mapping[str, str],
+    proxied_only: bool,
+) -> Rewritten:
+    new_text, spans = replace(text, refs, mapping, proxied_only=proxied_only)
+    return Rewritten(data if not spans else encode(new_text), spans, tuple(refs))
+
+
+def rewrite(
+    data: bytes,
+    mapping: Mapping[str, str],
+    extractor: Extractor,
+    post: str,
+    *,
+    proxied_only: bool = False,
+) -> Rewritten:
     """
     Rewrite one post's bytes.
 
@@ -117,11 +144,35 @@ def rewrite(data: bytes, mapping: Mapping[str, str], extractor: Extractor, post:
         mapping: source URL → new URL.
         extractor: finds the references.
         post: the post's name, for the references returned.
+        proxied_only: leave raw references alone even when their source is mapped.
     """
     text = decode(data)
+    return _rewritten(data, text, extractor(text, post), mapping, proxied_only)
+
+
+def rewrap(data: bytes, base: str, extractor: Extractor, post: str) -> Rewritten:
+    """
+    Point every wrapped reference at ``base`` in the proxy's ``<base>?<source>`` form.
+
+    ``cors.zfour.workers.dev`` cannot be repointed, but ``mirror serve`` answers the same
+    requests, so only the wrapper changes hands. Raw references never needed the proxy and stay.
+    Give ``extractor`` the new form as a wrapper (:func:`mirror.config.with_public_wrapper`) so
+    that rewrapped references are still reported as wrapped, with the same source.
+
+    Args:
+        data: the post as read.
+        base: where ``mirror serve`` answers, e.g. ``https://img.example.com/``.
+        extractor: finds the references.
+        post: the post's name, for the references returned.
+
+    Raises:
+        ValueError: ``base`` is not an absolute http(s) URL without a query or fragment.
+    """
+    base = wrapper_base(base)
+    text = decode(data)
     refs = extractor(text, post)
-    new_text, spans = replace(text, refs, mapping)
-    return Rewritten(data if not spans else encode(new_text), spans, tuple(refs))
+    mapping = {ref.source: f"{base}?{ref.source}" for ref in refs if ref.proxied}
+    return _rewritten(data, text, refs, mapping, proxied_only=True)
 
 
 def undo(data: bytes, spans: Sequence[Span]) -> bytes:

@@ -24,6 +24,8 @@ _ENCODED_INNER = re.compile(r"https?%3a", re.IGNORECASE)
 _IMAGE_PATH = re.compile(
     r"\.(?:jpe?g|jfif|png|gif|webp|bmp|avif|heic|heif)(?:![\w.-]*)?$", re.IGNORECASE
 )
+# A lone trailing "?" is allowed because people copy the base from a wrapped URL.
+_WRAPPER_BASE = re.compile(r"https?://[^/?#@\s]+(?:/[^?#\s]*)?\??", re.IGNORECASE)
 # Nested wrappers exist (a weserv URL put through the worker); unwrapping is bounded.
 _MAX_NESTING = 3
 
@@ -57,13 +59,35 @@ def normalize(url: str) -> str | None:
     return f"{scheme}://{netloc}{match['rest']}"
 
 
+def wrapper_base(url: str) -> str:
+    """
+    Return the base of a ``<base>?<inner url>`` wrapper (``mirror serve``'s public address).
+
+    The base is normalized like a source and ends in ``/``, so ``https://img.example.com`` and
+    ``https://IMG.example.com:443/?`` both give ``https://img.example.com/``; a path is kept.
+
+    Raises:
+        ValueError: ``url`` is not an absolute http(s) URL, or has credentials, a query or a
+            fragment.
+    """
+    if _WRAPPER_BASE.fullmatch(url) is None:
+        raise ValueError(
+            f"{url!r} is not an absolute http(s) URL (no credentials, query or fragment), "
+            "e.g. https://img.example.com/"
+        )
+    base = normalize(url.removesuffix("?"))
+    if base is None:
+        raise ValueError(f"{url!r} has no host")
+    return base if base.endswith("/") else base + "/"
+
+
 def _absolute(url: str) -> str:
     if url.startswith("//"):
         return "https:" + url
     return url
 
 
-def _inner_absolute(inner: str) -> str:
+def inner_absolute(inner: str) -> str:
     """Give a wrapper's inner URL a scheme the way the proxies themselves do."""
     if _ENCODED_INNER.match(inner):
         inner = unquote(inner)
@@ -88,7 +112,7 @@ class Classifier:
         for pattern in self._wrappers:
             match = pattern.match(url)
             if match is not None and match["url"]:
-                return _inner_absolute(match["url"])
+                return inner_absolute(match["url"])
         return None
 
     def classify(self, decoded: str) -> Classified | None:
@@ -119,6 +143,14 @@ def looks_like_image(source: str) -> bool:
     """Tell whether the URL's path ends in an image file name (jandan's ``!custom`` allowed)."""
     path = source.split("?", 1)[0]
     return _IMAGE_PATH.search(path) is not None
+
+
+def hostname(source: str) -> str:
+    """Return the host of a normalized source URL without its port (IPv6 keeps its brackets)."""
+    host = origin_host(source)
+    if host.endswith("]") or ":" not in host:
+        return host
+    return host.rsplit(":", 1)[0]
 
 
 def origin_host(source: str) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import trustme
 from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.test_utils import TestServer
 from PIL import Image
 
@@ -169,6 +170,37 @@ def make_config() -> Callable[..., Config]:
     return build_config
 
 
+class FakeResolver(AbstractResolver):
+    """Answers from a table, one list of answers per call in turn (the last one repeats)."""
+
+    def __init__(self, table: dict[str, list[list[tuple[str, int]]]]) -> None:
+        self.table = table
+        self.calls: list[str] = []
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        self.calls.append(host)
+        turns = self.table.get(host)
+        if not turns:
+            raise OSError(f"no such host {host}")
+        answers = turns[min(self.calls.count(host), len(turns)) - 1]
+        return [
+            ResolveResult(
+                hostname=host,
+                host=address,
+                port=answer_port or port,
+                family=socket.AF_INET6 if ":" in address else socket.AF_INET,
+                proto=0,
+                flags=0,
+            )
+            for address, answer_port in answers
+        ]
+
+    async def close(self) -> None:
+        pass
+
+
 @dataclasses.dataclass
 class Canary:
     """A loopback server that must never be reached; it counts the connections it gets."""
@@ -264,6 +296,8 @@ def upstream_app(state: Upstream) -> web.Application:
         return web.Response(body=state.jpeg, content_type="image/jpeg")
 
     async def status(request: web.Request) -> web.StreamResponse:
+        """Answer ``code`` after ``seconds`` (default 0)."""
+        await asyncio.sleep(float(request.query.get("seconds", "0")))
         return web.Response(status=int(request.match_info["code"]), text="no")
 
     async def flaky(request: web.Request) -> web.StreamResponse:

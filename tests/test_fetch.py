@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.abc import ResolveResult
+from conftest import FakeResolver
 
 from mirror.config import Config, NetworkConfig
 from mirror.errors import (
@@ -41,37 +42,6 @@ MakeConfig = Callable[..., Config]
 
 MiB = 1024 * 1024
 PUBLIC = "93.184.216.34"  # answered by fake resolvers only; the guard fails any test reaching it
-
-
-class FakeResolver(AbstractResolver):
-    """Answers from a table, one list of answers per call in turn (the last one repeats)."""
-
-    def __init__(self, table: dict[str, list[list[tuple[str, int]]]]) -> None:
-        self.table = table
-        self.calls: list[str] = []
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        self.calls.append(host)
-        turns = self.table.get(host)
-        if not turns:
-            raise OSError(f"no such host {host}")
-        answers = turns[min(self.calls.count(host), len(turns)) - 1]
-        return [
-            ResolveResult(
-                hostname=host,
-                host=address,
-                port=answer_port or port,
-                family=socket.AF_INET6 if ":" in address else socket.AF_INET,
-                proto=0,
-                flags=0,
-            )
-            for address, answer_port in answers
-        ]
-
-    async def close(self) -> None:
-        pass
 
 
 @pytest.fixture(autouse=True)

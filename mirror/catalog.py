@@ -1,0 +1,140 @@
+"""
+The in-memory URL map of ``serve``: source URL -> stored object, so a hit never touches SQLite.
+
+It is loaded from the manifest and reloaded when the manifest changes: the SQLite file and its
+write-ahead log are stat()ed every ``serve.refresh_interval`` seconds, and a change in either
+(every commit appends to the log; a checkpoint rewrites the file) triggers a full reload in a
+thread. What this process fetches itself is added at once with :meth:`Catalog.add`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from mirror.errors import ManifestError
+from mirror.manifest import Manifest
+from mirror.verify import KINDS
+
+log = logging.getLogger(__name__)
+
+_MIME_BY_EXT = {ext: mime for ext, mime in KINDS.values()}
+
+
+def mime_for(ext: str) -> str:
+    """Return the Content-Type of an object by its extension (which came from verification)."""
+    return _MIME_BY_EXT.get(ext, "application/octet-stream")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A stored object as a URL leads to it."""
+
+    sha256: str
+    ext: str
+    size: int
+
+    @property
+    def mime(self) -> str:
+        """The Content-Type to serve it with."""
+        return mime_for(self.ext)
+
+
+def _signature(path: Path) -> tuple[int, ...]:
+    parts: list[int] = []
+    for name in (path, path.with_name(path.name + "-wal")):
+        try:
+            st = name.stat()
+        except FileNotFoundError:
+            parts += [0, 0, 0]
+        else:
+            parts += [st.st_ino, st.st_size, st.st_mtime_ns]
+    return tuple(parts)
+
+
+class Catalog:
+    """
+    ``lookup`` (mirrored sources) and ``knows`` (any source a post named) for the closed world.
+
+    Open-mode rows (``served``) count as mirrored but not as known: they do not widen the closed
+    world.
+    """
+
+    def __init__(self, manifest: Path) -> None:
+        self.path = manifest
+        self.entries: dict[str, Entry] = {}
+        self.known: frozenset[str] = frozenset()
+        self.served: frozenset[str] = frozenset()
+        self.loaded = False
+        self._signature: tuple[int, ...] | None = None
+
+    def lookup(self, source: str) -> Entry | None:
+        """Return the object stored for ``source``, or None."""
+        return self.entries.get(source)
+
+    def knows(self, source: str) -> bool:
+        """Tell whether a post named ``source`` (the manifest has a ``sources`` row for it)."""
+        return source in self.known
+
+    def add(self, source: str, entry: Entry) -> None:
+        """Add what this process just fetched, without waiting for the next reload."""
+        self.entries[source] = entry
+
+    def forget(self, source: str) -> None:
+        """Drop a source whose object turned out to be missing."""
+        self.entries.pop(source, None)
+
+    def reload(self) -> bool:
+        """
+        Reload the map when the manifest changed since the last load; tell whether it did.
+
+        Synchronous: call it from a thread (:meth:`refresh`).
+
+        Raises:
+            ManifestError: the manifest exists but cannot be read.
+        """
+        signature = _signature(self.path)
+        if signature == self._signature:
+            return False
+        if not self.path.is_file():
+            self._signature = signature
+            self.loaded = True
+            return False
+        with Manifest(self.path, readonly=True) as manifest:
+            rows = manifest.catalog()
+        entries: dict[str, Entry] = {}
+        known: set[str] = set()
+        served: set[str] = set()
+        for row in rows:
+            if row.status == "served":
+                served.add(row.source)
+            else:
+                known.add(row.source)
+            # A row names an object only when mirrored (a failed refresh keeps the object).
+            if row.sha256 and row.ext and row.size is not None:
+                entries[row.source] = Entry(row.sha256, row.ext, row.size)
+        self.entries, self.known, self.served = entries, frozenset(known), frozenset(served)
+        self._signature = signature
+        self.loaded = True
+        return True
+
+    async def refresh(self, interval: float) -> None:
+        """Reload whenever the manifest changes, until cancelled."""
+        while True:
+            try:
+                if await asyncio.to_thread(self.reload):
+                    log.debug("catalog reloaded: %d objects", len(self.entries))
+            except ManifestError as exc:
+                # Keep serving what is known; /readyz reports the manifest as unreadable.
+                log.warning("cannot reload the URL map: %s", exc)
+                self._signature = None
+            await asyncio.sleep(interval)
+
+    async def run_refresh(self, interval: float) -> asyncio.Task[None]:
+        """Load once now, then start :meth:`refresh` in the background; return its task."""
+        with contextlib.suppress(ManifestError):
+            await asyncio.to_thread(self.reload)
+        return asyncio.create_task(self.refresh(interval), name="catalog-refresh")

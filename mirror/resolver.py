@@ -1,0 +1,307 @@
+"""
+The miss path of ``serve``: one owner of all upstream fetching.
+
+:class:`Resolver` decides whether a source URL may be fetched (closed world, open-mode host
+allowlist), remembers failures with backoff (the negative cache), shares one fetch among all
+concurrent requests for a URL (:class:`SingleFlight`), and fetches with the same
+:class:`~mirror.fetch.Fetcher`, verification, limits and address policy as ``mirror run``, then
+stores the object and records it before answering.
+
+With ``--workers N`` exactly one process owns a Resolver and the workers reach it over a Unix
+socket (:mod:`mirror.workers`), so the fetch limits and single flight are global.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+from mirror.catalog import Catalog, Entry
+from mirror.config import Config
+from mirror.errors import FetchError, MirrorError, VerifyError
+from mirror.fetch import Fetcher
+from mirror.manifest import Attempt, Manifest, SourceResult
+from mirror.metrics import Metrics
+from mirror.source import hostname, origin_host
+from mirror.store import LocalStore
+from mirror.verify import verify
+
+log = logging.getLogger(__name__)
+
+# Distinct URLs being fetched at once, queued ones included; more answer 503 at once so a flood
+# of distinct URLs cannot pile up unbounded work.
+MAX_IN_FLIGHT = 1024
+# Remembered failures; the oldest go first beyond this.
+MAX_FAILURES = 100_000
+MAX_NEGATIVE_TTL = 3600.0
+RECENT_FAILURES = 100
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """How a miss ended: 200 with the stored object, or an HTTP error status and reason."""
+
+    status: int
+    reason: str | None = None
+    message: str = ""
+    entry: Entry | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Return a JSON-ready form, for the workers' socket."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Resolution:
+        """Rebuild what :meth:`to_json` gave."""
+        entry = data.get("entry")
+        return cls(
+            int(data["status"]),
+            data.get("reason"),
+            str(data.get("message", "")),
+            Entry(**entry) if entry else None,
+        )
+
+
+class Resolves(Protocol):
+    """What a worker needs from the fetch owner, in this process or over a socket."""
+
+    async def resolve(self, source: str) -> Resolution:
+        """Fetch (or refuse) a source the worker could not serve from the store."""
+        ...
+
+    async def touch(self, seen: dict[str, float]) -> None:
+        """Note when open-mode sources were last served."""
+        ...
+
+    async def status(self, snapshot: dict[str, Any]) -> dict[str, Any]:
+        """Merge this worker's metrics snapshot; return all metrics and recent failures."""
+        ...
+
+
+class SingleFlight(Generic[T]):
+    """Concurrent calls for one key share one task; each caller waits at most ``wait`` s."""
+
+    def __init__(self, limit: int = MAX_IN_FLIGHT) -> None:
+        self.limit = limit
+        self._tasks: dict[str, asyncio.Task[T]] = {}
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def do(self, key: str, make: Callable[[], Awaitable[T]], wait: float) -> tuple[T, bool]:
+        """
+        Return ``make()``'s result for ``key`` and whether this call joined one in flight.
+
+        The work runs in its own task: a caller that times out or goes away leaves it running
+        for the others (and for the store).
+
+        Raises:
+            TimeoutError: the work took longer than ``wait`` seconds.
+            OverflowError: ``limit`` keys are already in flight.
+        """
+        task = self._tasks.get(key)
+        joined = task is not None
+        if task is None:
+            if len(self._tasks) >= self.limit:
+                raise OverflowError(f"{len(self._tasks)} fetches in flight")
+
+            async def run() -> T:
+                return await make()
+
+            task = asyncio.ensure_future(run())
+            self._tasks[key] = task
+            task.add_done_callback(lambda done: self._done(key, done))
+        async with asyncio.timeout(wait):
+            return await asyncio.shield(task), joined
+
+    def _done(self, key: str, task: asyncio.Task[T]) -> None:
+        if self._tasks.get(key) is task:
+            del self._tasks[key]
+        if not task.cancelled():
+            # Retrieved here so a failure nobody waited for is not logged as "never retrieved".
+            task.exception()
+
+    async def close(self) -> None:
+        """Cancel what is still in flight and wait for it to end."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
+    """Tell whether ``host`` is in the allowlist (empty allows all; ``*.x`` matches subdomains)."""
+    if not allowed:
+        return True
+    host = host.lower()
+    for pattern in allowed:
+        if pattern.startswith("*."):
+            if host.endswith(pattern[1:]):
+                return True
+        elif host == pattern:
+            return True
+    return False
+
+
+class Resolver:
+    """The one owner of upstream fetching for a ``serve`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: LocalStore,
+        manifest: Manifest,
+        fetcher: Fetcher,
+        catalog: Catalog,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.manifest = manifest
+        self.fetcher = fetcher
+        self.catalog = catalog
+        self.metrics = metrics
+        self.clock = clock
+        self.flight: SingleFlight[Resolution] = SingleFlight()
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_FAILURES)
+        self.snapshots: dict[str, dict[str, Any]] = {}
+        self._failures: OrderedDict[str, tuple[float, int, Resolution]] = OrderedDict()
+
+    async def resolve(self, source: str) -> Resolution:
+        """Answer a miss for ``source`` (already normalized); never raises for upstream faults."""
+        entry = self.catalog.lookup(source)
+        if entry is not None and await asyncio.to_thread(self.store.has, entry.sha256, entry.ext):
+            return Resolution(200, entry=entry)
+        refused = self._refuse(source)
+        if refused is not None:
+            return refused
+        remembered = self._failures.get(source)
+        if remembered is not None and remembered[0] > self.clock():
+            self.metrics.inc("mirror_negative_cache_hits_total")
+            return remembered[2]
+        timeout = self.config.serve.request_timeout
+        try:
+            resolution, joined = await self.flight.do(source, lambda: self._fetch(source), timeout)
+        except OverflowError:
+            return Resolution(503, "busy", "too many fetches in flight; try again")
+        except TimeoutError:
+            return Resolution(504, "timeout", f"no answer within {timeout:g} s")
+        if joined:
+            self.metrics.inc("mirror_coalesced_waiters_total")
+        return resolution
+
+    def _refuse(self, source: str) -> Resolution | None:
+        serve = self.config.serve
+        if not serve.open:
+            if self.catalog.knows(source):
+                return None
+            return Resolution(404, "unknown-url", "no post names this URL (closed world)")
+        if host_allowed(hostname(source), serve.allow_hosts):
+            return None
+        return Resolution(403, "not-allowed", "this host is not in serve.allow_hosts")
+
+    async def _fetch(self, source: str) -> Resolution:
+        started = self.clock()
+        urls = [("origin", source)]
+        if self.config.serve.fallback_proxy:
+            urls.append(("proxy", self.config.serve.fallback_proxy + source))
+        attempts: list[Attempt] = []
+        first: MirrorError | None = None
+        for name, url in urls:
+            try:
+                download = await self.fetcher.get(url, limit_key=origin_host(source))
+                info = verify(download.data, self.config.verify, None, None)
+                obj = await asyncio.to_thread(
+                    self.store.put, download.data, download.sha256, info.ext
+                )
+            except (FetchError, VerifyError) as exc:
+                attempts.append(Attempt(name, url, exc.reason))
+                first = first or exc
+                continue
+            attempts.append(Attempt(name, url, "ok"))
+            result = SourceResult(
+                source=source,
+                status="mirrored",
+                sha256=obj.sha256,
+                ext=obj.ext,
+                size=obj.size,
+                format=info.format,
+                width=info.width,
+                height=info.height,
+                fetched_from=name,
+                attempts=tuple(attempts),
+                etag=download.etag,
+                last_modified=download.last_modified,
+            )
+            await self._record(source, result)
+            entry = Entry(obj.sha256, obj.ext, obj.size)
+            self.catalog.add(source, entry)
+            self._failures.pop(source, None)
+            self._observe(started, "ok", "ok")
+            return Resolution(200, entry=entry)
+        assert first is not None  # the origin is always tried
+        log.info("serve: %s failed: %s", source, first)
+        # Only the reason goes back: exception texts can quote what the upstream sent.
+        resolution = Resolution(first.http_status, first.reason, f"upstream failed: {first.reason}")
+        self._remember(source, resolution)
+        self._observe(started, "failed", first.reason)
+        return resolution
+
+    async def _record(self, source: str, result: SourceResult) -> None:
+        if self.catalog.knows(source):
+            await asyncio.to_thread(self.manifest.record_results, [result])
+            return
+        await asyncio.to_thread(self.manifest.record_served, source, result)
+        evicted = await asyncio.to_thread(
+            self.manifest.evict_served, self.config.serve.max_store_bytes
+        )
+        for sha256, ext in evicted:
+            # The rows are gone (committed) before the file, so no row names a missing file.
+            await asyncio.to_thread(self.store.remove, sha256, ext)
+        if evicted:
+            self.metrics.inc("mirror_evicted_objects_total", by=len(evicted))
+            log.info("open mode: evicted %d objects over serve.max_store_bytes", len(evicted))
+
+    def _remember(self, source: str, resolution: Resolution) -> None:
+        count = self._failures[source][1] + 1 if source in self._failures else 1
+        ttl = min(MAX_NEGATIVE_TTL, self.config.serve.negative_ttl * 2 ** (count - 1))
+        self._failures[source] = (self.clock() + ttl, count, resolution)
+        self._failures.move_to_end(source)
+        while len(self._failures) > MAX_FAILURES:
+            self._failures.popitem(last=False)
+        self.recent.append(
+            {
+                "time": time.time(),
+                "host": origin_host(source),
+                "source": source,
+                "status": resolution.status,
+                "reason": resolution.reason,
+            }
+        )
+
+    def _observe(self, started: float, outcome: str, reason: str) -> None:
+        self.metrics.observe(self.clock() - started)
+        self.metrics.inc("mirror_upstream_fetches_total", (outcome, reason))
+
+    async def touch(self, seen: dict[str, float]) -> None:
+        """Write open-mode hit times to the manifest in one transaction."""
+        if seen:
+            await asyncio.to_thread(self.manifest.touch_served, seen)
+
+    async def status(self, snapshot: dict[str, Any], worker: str = "self") -> dict[str, Any]:
+        """Keep ``worker``'s latest snapshot; return every snapshot and the recent failures."""
+        self.snapshots[worker] = snapshot
+        return {
+            "snapshots": [self.metrics.snapshot(), *self.snapshots.values()],
+            "failures": list(self.recent),
+            "in_flight": len(self.flight),
+        }

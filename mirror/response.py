@@ -1,0 +1,226 @@
+"""
+Responses for stored objects: ETag and Last-Modified, 304s, byte ranges, and the headers that
+make an image proxy safe to point browsers at.
+
+Small objects (the usual web image) are read whole into memory and kept in a bounded LRU of hot
+objects, then sent as one body: measured against aiohttp's FileResponse, whose thread hops per
+request cost most of a hit's time. Objects over :data:`STREAM_OVER` bytes are streamed from disk
+in chunks read in a thread, so one large image never holds the event loop or much memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from mirror.catalog import mime_for
+from mirror.store import LocalStore
+
+STREAM_OVER = 1024 * 1024
+CHUNK = 256 * 1024
+IMMUTABLE = "public, max-age=31536000, immutable"
+# An image proxy must never let a stored file act as a page or script in the viewer's origin.
+SAFE_HEADERS: dict[str, str] = {
+    "Access-Control-Allow-Origin": "*",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; sandbox",
+    "Cross-Origin-Resource-Policy": "cross-origin",
+}
+
+# What a 304 leaves out: it has no body to describe.
+_BODY_HEADERS = frozenset({"Content-Type", "Accept-Ranges"})
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """An object ready to send: its bytes (None when streamed from ``path``) and headers."""
+
+    path: Path
+    data: bytes | None
+    size: int
+    etag: str
+    mtime: int
+    headers: dict[str, str]
+
+
+class ObjectCache:
+    """Loads objects from the store, keeping up to ``max_bytes`` of hot small ones in memory."""
+
+    def __init__(self, store: LocalStore, max_bytes: int) -> None:
+        self.store = store
+        self.max_bytes = max_bytes
+        self.held = 0
+        self._items: OrderedDict[str, Loaded] = OrderedDict()
+
+    def load(self, sha256: str, ext: str) -> Loaded | None:
+        """
+        Return the object, or None when its file is missing.
+
+        Synchronous on purpose: a small file in the page cache reads in tens of microseconds,
+        less than a thread hop costs.
+        """
+        key = f"{sha256}.{ext}"
+        cached = self._items.get(key)
+        if cached is not None:
+            self._items.move_to_end(key)
+            return cached
+        path = self.store.path(sha256, ext)
+        try:
+            with path.open("rb") as handle:
+                st = os.fstat(handle.fileno())
+                data = handle.read() if st.st_size <= STREAM_OVER else None
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        mtime = int(st.st_mtime)
+        etag = f'"{sha256}"'
+        headers = {
+            **SAFE_HEADERS,
+            "Cache-Control": IMMUTABLE,
+            "ETag": etag,
+            "Last-Modified": email.utils.formatdate(mtime, usegmt=True),
+            "Content-Type": mime_for(ext),
+            "Accept-Ranges": "bytes",
+        }
+        loaded = Loaded(path, data, st.st_size, etag, mtime, headers)
+        if data is not None and len(data) <= self.max_bytes:
+            self._items[key] = loaded
+            self.held += len(data)
+            while self.held > self.max_bytes:
+                _sha, old = self._items.popitem(last=False)
+                self.held -= old.size
+        return loaded
+
+    def drop(self, sha256: str, ext: str) -> None:
+        """Forget an object (its file was evicted)."""
+        old = self._items.pop(f"{sha256}.{ext}", None)
+        if old is not None:
+            self.held -= old.size
+
+
+def etag_matches(header: str, etag: str) -> bool:
+    """If-None-Match's weak comparison of ``etag`` against a header's list (or ``*``)."""
+    if header.strip() == "*":
+        return True
+    opaque = etag.removeprefix("W/")
+    return any(tag.strip().removeprefix("W/") == opaque for tag in header.split(","))
+
+
+def not_modified(request: web.BaseRequest, obj: Loaded) -> bool:
+    """Tell whether the request's validators say the client's copy is current."""
+    none_match = request.headers.get("If-None-Match")
+    if none_match is not None:
+        # RFC 9110 13.1.3: If-Modified-Since is ignored when If-None-Match is present.
+        return etag_matches(none_match, obj.etag)
+    since = request.headers.get("If-Modified-Since")
+    if since is None:
+        return False
+    try:
+        when = email.utils.parsedate_to_datetime(since)
+    except (TypeError, ValueError, IndexError):
+        return False
+    if when.tzinfo is None:
+        return False
+    return obj.mtime <= when.timestamp()
+
+
+def byte_range(request: web.BaseRequest, obj: Loaded) -> tuple[int, int] | None:
+    """
+    Return the one range ``(start, end inclusive)`` to send, or None for the whole object.
+
+    Multiple ranges, malformed headers and a stale If-Range get the whole object (RFC 9110
+    allows ignoring Range).
+
+    Raises:
+        web.HTTPRequestRangeNotSatisfiable: the range starts past the end.
+    """
+    header = request.headers.get("Range")
+    if header is None:
+        return None
+    if_range = request.headers.get("If-Range")
+    if if_range is not None and if_range.strip() not in (obj.etag, obj.headers["Last-Modified"]):
+        return None
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    if not dash or not (first.isdigit() or last.isdigit()):
+        return None
+    if not first.isdigit() and not (first == "" and last.isdigit()):
+        return None
+    if first == "":
+        suffix = int(last)
+        if suffix == 0:
+            raise _unsatisfiable(obj)
+        return max(0, obj.size - suffix), obj.size - 1
+    start = int(first)
+    if last and not last.isdigit():
+        return None
+    if start >= obj.size:
+        raise _unsatisfiable(obj)
+    end = int(last) if last else obj.size - 1
+    if end < start:
+        return None
+    return start, min(end, obj.size - 1)
+
+
+def _unsatisfiable(obj: Loaded) -> web.HTTPRequestRangeNotSatisfiable:
+    return web.HTTPRequestRangeNotSatisfiable(
+        headers={
+            **SAFE_HEADERS,
+            "Content-Range": f"bytes */{obj.size}",
+            "Cache-Control": "no-store",
+        }
+    )
+
+
+async def send(request: web.BaseRequest, obj: Loaded) -> web.StreamResponse:
+    """Answer with ``obj``: 200, 206 for a range, or 304 when the client's copy is current."""
+    if not_modified(request, obj):
+        headers = {k: v for k, v in obj.headers.items() if k not in _BODY_HEADERS}
+        return web.Response(status=304, headers=headers)
+    span = byte_range(request, obj) if request.method in ("GET", "HEAD") else None
+    status, start, end = 200, 0, obj.size - 1
+    headers = obj.headers
+    if span is not None:
+        status, (start, end) = 206, span
+        headers = {**headers, "Content-Range": f"bytes {start}-{end}/{obj.size}"}
+    if obj.data is not None:
+        body = obj.data if status == 200 else obj.data[start : end + 1]
+        return web.Response(status=status, body=body, headers=headers)
+    return await _stream(request, obj, status, headers, start, end - start + 1)
+
+
+async def _stream(
+    request: web.BaseRequest,
+    obj: Loaded,
+    status: int,
+    headers: dict[str, str],
+    start: int,
+    count: int,
+) -> web.StreamResponse:
+    response = web.StreamResponse(status=status, headers=headers)
+    response.content_length = count
+    await response.prepare(request)
+    if request.method == "HEAD":
+        return response
+    handle = await asyncio.to_thread(open, obj.path, "rb")
+    try:
+        await asyncio.to_thread(handle.seek, start)
+        left = count
+        # Bounded by the object's size: every pass sends at least one byte or stops.
+        while left > 0:
+            chunk = await asyncio.to_thread(handle.read, min(CHUNK, left))
+            if not chunk:
+                break
+            await response.write(chunk)
+            left -= len(chunk)
+    finally:
+        await asyncio.to_thread(handle.close)
+    await response.write_eof()
+    return response

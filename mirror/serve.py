@@ -1,0 +1,379 @@
+"""
+``mirror serve``: the CORS proxy's drop-in replacement, answering from verified local copies.
+
+Routes:
+
+``GET /?<url>``                 the worker's form: the inner URL raw (its own query string kept)
+                                or percent-encoded; also ``/?url=<encoded>``. HEAD too.
+``GET <base path><ab>/<sha256>.<ext>``  the objects rewritten posts point at.
+``/healthz`` ``/readyz`` ``/metrics`` and ``/`` (a status page; the last two only for
+``serve.admin_networks``).
+
+A hit is answered from the in-memory URL map (:class:`~mirror.catalog.Catalog`) and the object
+cache without touching SQLite; a miss goes to the fetch owner (:mod:`mirror.resolver`), in this
+process or, with several workers, over a socket. Error responses are short text with
+``Cache-Control: no-store``; upstream headers and bodies are never relayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import ipaddress
+import logging
+import os
+import re
+import secrets
+import shutil
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from aiohttp import web
+from aiohttp.abc import AbstractResolver
+
+from mirror.catalog import Catalog
+from mirror.config import Config
+from mirror.errors import MirrorError
+from mirror.fetch import Fetcher
+from mirror.manifest import Manifest, manifest_path
+from mirror.metrics import Metrics, merge, render
+from mirror.resolver import Resolution, Resolver, Resolves
+from mirror.response import SAFE_HEADERS, ObjectCache, send
+from mirror.source import Classifier, hostname, inner_absolute
+from mirror.store import LocalStore
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT = 2.0
+_OBJECT_NAME = re.compile(r"([0-9a-f]{64})\.([a-z0-9]{1,10})")
+_ENCODED = re.compile(r"https?%3a", re.IGNORECASE)
+# A DNS name (IDN letters allowed), an IPv4 literal, or a bracketed IPv6 literal.
+_HOST = re.compile(r"[\w.-]+|\[[0-9a-f:.]+\]", re.IGNORECASE)
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass
+class ServeState:
+    """Everything a request handler needs; built by the app's cleanup context."""
+
+    config: Config
+    store: LocalStore
+    catalog: Catalog
+    cache: ObjectCache
+    classifier: Classifier
+    resolver: Resolves
+    metrics: Metrics = field(default_factory=Metrics)
+    seen: dict[str, float] = field(default_factory=dict)
+    admin: tuple[_Network, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Wiring:
+    """What ``create_app`` was given besides the config."""
+
+    remote: Resolves | None = None
+    dns: AbstractResolver | None = None
+
+
+CONFIG = web.AppKey("config", Config)
+WIRING = web.AppKey("wiring", Wiring)
+STATE = web.AppKey("state", ServeState)
+
+
+def requested_source(query: str, classifier: Classifier) -> str | None:
+    """
+    Return the source URL a ``/?<query>`` request asks for, or None when it names none.
+
+    ``query`` is the raw query string: the framework's decoded one is already unquoted once,
+    which would corrupt an inner URL that carries its own percent-escapes.
+    """
+    if query[:4].lower() == "url=":
+        inner = unquote(query[4:].split("&", 1)[0])
+    elif _ENCODED.match(query):
+        inner = unquote(query)
+    else:
+        inner = query
+    if not inner or (inner.startswith("/") and not inner.startswith("//")):
+        return None
+    if "://" not in inner[:12] and not inner.startswith("//") and "." not in inner.split("/")[0]:
+        return None  # "host/path" without a scheme is accepted only when it names a domain
+    found = classifier.classify(inner_absolute(inner))
+    if found is None or _HOST.fullmatch(hostname(found.source)) is None:
+        return None
+    return found.source
+
+
+def error_response(status: int, reason: str, message: str) -> web.Response:
+    """A short plain-text error that no cache keeps."""
+    headers = {**SAFE_HEADERS, "Cache-Control": "no-store", "X-Mirror-Reason": reason}
+    return web.Response(status=status, text=f"{status} {reason}: {message}\n", headers=headers)
+
+
+def _count(state: ServeState, route: str, response: web.StreamResponse) -> web.StreamResponse:
+    state.metrics.inc("mirror_requests_total", (route, str(response.status)))
+    if isinstance(response, web.Response) and response.body is not None:
+        length = response.content_length
+        if length is not None:
+            state.metrics.inc("mirror_served_bytes_total", by=length)
+    elif response.content_length is not None:
+        state.metrics.inc("mirror_served_bytes_total", by=response.content_length)
+    return response
+
+
+async def handle_proxy(request: web.Request) -> web.StreamResponse:
+    """``/?<url>``: serve from the store, or fetch on a miss; ``/`` alone is the status page."""
+    state = request.app[STATE]
+    query = request.rel_url.raw_query_string
+    if not query:
+        return await handle_status(request)
+    source = requested_source(query, state.classifier)
+    if source is None:
+        return _count(state, "proxy", error_response(400, "bad-url", "not an http(s) image URL"))
+    entry = state.catalog.lookup(source)
+    if entry is not None:
+        obj = state.cache.load(entry.sha256, entry.ext)
+        if obj is not None:
+            state.metrics.inc("mirror_cache_hits_total")
+            if source in state.catalog.served:
+                state.seen[source] = time.time()
+            return _count(state, "proxy", await send(request, obj))
+        state.catalog.forget(source)
+    state.metrics.inc("mirror_cache_misses_total")
+    timeout = state.config.serve.request_timeout
+    try:
+        async with asyncio.timeout(timeout):
+            resolution = await state.resolver.resolve(source)
+    except TimeoutError:
+        resolution = Resolution(504, "timeout", f"no answer within {timeout:g} s")
+    except MirrorError as exc:
+        log.error("serving %s: %s", source, exc)
+        resolution = Resolution(exc.http_status, exc.reason, "the store cannot take it now")
+    if resolution.status != 200 or resolution.entry is None:
+        reason = resolution.reason or "error"
+        return _count(state, "proxy", error_response(resolution.status, reason, resolution.message))
+    state.catalog.add(source, resolution.entry)
+    obj = state.cache.load(resolution.entry.sha256, resolution.entry.ext)
+    if obj is None:
+        return _count(state, "proxy", error_response(502, "store", "the object vanished; retry"))
+    return _count(state, "proxy", await send(request, obj))
+
+
+async def handle_object(request: web.Request) -> web.StreamResponse:
+    """``<base path><ab>/<sha256>.<ext>``: a stored object by name."""
+    state = request.app[STATE]
+    match = _OBJECT_NAME.fullmatch(request.match_info["name"])
+    if match is None or request.match_info["shard"] != match[1][:2]:
+        return _count(state, "object", error_response(404, "not-found", "no such object"))
+    obj = state.cache.load(match[1], match[2])
+    if obj is None:
+        return _count(state, "object", error_response(404, "not-found", "no such object"))
+    return _count(state, "object", await send(request, obj))
+
+
+async def handle_healthz(request: web.Request) -> web.StreamResponse:
+    """Alive: the event loop answers."""
+    return _count(request.app[STATE], "healthz", web.Response(text="ok\n"))
+
+
+def _readiness(state: ServeState) -> list[str]:
+    problems: list[str] = []
+    root = state.store.root
+    probe = root / f".readyz.{secrets.token_hex(6)}.tmp"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        probe.unlink()
+    except OSError as exc:
+        problems.append(f"store {root} is not writable: {exc.strerror or exc}")
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError as exc:
+        problems.append(f"cannot read free space of {root}: {exc.strerror or exc}")
+    else:
+        if free < state.config.serve.min_free_bytes:
+            problems.append(f"only {free} bytes free on the store's disk")
+    try:
+        with Manifest(state.catalog.path, readonly=True) as manifest:
+            manifest.counts()
+    except MirrorError as exc:
+        problems.append(str(exc))
+    return problems
+
+
+async def handle_readyz(request: web.Request) -> web.StreamResponse:
+    """Ready: store writable, disk headroom, manifest readable."""
+    state = request.app[STATE]
+    problems = await asyncio.to_thread(_readiness, state)
+    if problems:
+        response = web.Response(status=503, text="\n".join(problems) + "\n")
+    else:
+        response = web.Response(text="ready\n")
+    response.headers["Cache-Control"] = "no-store"
+    return _count(state, "readyz", response)
+
+
+def _admin(request: web.Request, state: ServeState) -> bool:
+    try:
+        address = ipaddress.ip_address((request.remote or "").split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in state.admin)
+
+
+async def _status(state: ServeState) -> dict[str, Any]:
+    return await state.resolver.status(state.metrics.snapshot())
+
+
+async def handle_metrics(request: web.Request) -> web.StreamResponse:
+    """Prometheus text: this server's counters summed over every worker."""
+    state = request.app[STATE]
+    if not _admin(request, state):
+        return _count(state, "metrics", error_response(403, "forbidden", "not for this network"))
+    status = await _status(state)
+    gauges = {
+        "mirror_catalog_objects": ("Source URLs with a stored object.", len(state.catalog.entries)),
+        "mirror_fetches_in_flight": ("Upstream fetches running now.", status["in_flight"]),
+    }
+    text = render(merge(status["snapshots"]), gauges)
+    response = web.Response(text=text, content_type="text/plain", charset="utf-8")
+    response.headers["Cache-Control"] = "no-store"
+    return _count(state, "metrics", response)
+
+
+async def handle_status(request: web.Request) -> web.StreamResponse:
+    """A small HTML page: counts and recent failures by host."""
+    state = request.app[STATE]
+    if not _admin(request, state):
+        return _count(state, "status", error_response(403, "forbidden", "not for this network"))
+    status = await _status(state)
+    total = merge(status["snapshots"])
+    hits = sum(total.counters["mirror_cache_hits_total"].values())
+    misses = sum(total.counters["mirror_cache_misses_total"].values())
+    by_host: Counter[str] = Counter(f["host"] for f in status["failures"])
+    rows = "".join(
+        f"<tr><td>{html.escape(host)}</td><td>{n}</td></tr>" for host, n in by_host.most_common()
+    )
+    recent = "".join(
+        f"<li>{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(f['time']))} {f['status']} "
+        f"{html.escape(str(f['reason']))} <code>{html.escape(f['source'])}</code></li>"
+        for f in reversed(status["failures"][-20:])
+    )
+    store = html.escape(str(state.store.root))
+    mode = "open" if state.config.serve.open else "closed world"
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>mirror serve</title></head>
+<body><h1>mirror serve</h1><p>Mode: {mode}. Store: <code>{store}</code></p>
+<ul><li>{len(state.catalog.entries)} source URLs with a stored object</li>
+<li>{len(state.catalog.known)} source URLs named by posts</li>
+<li>{hits} hits, {misses} misses, {status["in_flight"]} fetches in flight</li></ul>
+<h2>Recent failures by host</h2><table><tr><th>host</th><th>failures</th></tr>{rows}</table>
+<ul>{recent}</ul></body></html>
+"""
+    response = web.Response(text=page, content_type="text/html", charset="utf-8")
+    response.headers.update({"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
+    return _count(state, "status", response)
+
+
+async def _heartbeat(state: ServeState) -> None:
+    """Write open-mode hit times and share this worker's counters, every few seconds."""
+    while True:
+        await asyncio.sleep(HEARTBEAT)
+        await _flush(state)
+
+
+async def _flush(state: ServeState) -> None:
+    seen, state.seen = state.seen, {}
+    try:
+        await state.resolver.touch(seen)
+        await _status(state)
+    except (MirrorError, OSError) as exc:
+        log.warning("cannot reach the fetch owner: %s", exc)
+
+
+@contextlib.asynccontextmanager
+async def local_resolver(
+    config: Config, store: LocalStore, catalog: Catalog, dns: AbstractResolver | None
+) -> AsyncIterator[Resolver]:
+    with Manifest(catalog.path, durability=config.store.durability) as manifest:
+        async with Fetcher(config, resolver=dns) as fetcher:
+            resolver = Resolver(
+                config,
+                store=store,
+                manifest=manifest,
+                fetcher=fetcher,
+                catalog=catalog,
+                metrics=Metrics(),
+            )
+            try:
+                yield resolver
+            finally:
+                await resolver.flight.close()
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    root = Path(config.store.path)
+    await asyncio.to_thread(root.mkdir, parents=True, exist_ok=True)
+    store = LocalStore(root, config.store.durability)
+    catalog = Catalog(manifest_path(root))
+    async with contextlib.AsyncExitStack() as stack:
+        wiring = app[WIRING]
+        resolver: Resolves
+        if wiring.remote is None:
+            local = local_resolver(config, store, catalog, wiring.dns)
+            resolver = await stack.enter_async_context(local)
+        else:
+            resolver = wiring.remote
+        refresh = await catalog.run_refresh(config.serve.refresh_interval)
+        state = ServeState(
+            config=config,
+            store=store,
+            catalog=catalog,
+            cache=ObjectCache(store, config.serve.memory_cache_bytes),
+            classifier=Classifier(config.scan.wrappers),
+            resolver=resolver,
+            admin=tuple(ipaddress.ip_network(n, strict=False) for n in config.serve.admin_networks),
+        )
+        app[STATE] = state
+        heartbeat = asyncio.create_task(_heartbeat(state), name="serve-heartbeat")
+        try:
+            yield
+        finally:
+            for task in (heartbeat, refresh):
+                task.cancel()
+            await asyncio.gather(heartbeat, refresh, return_exceptions=True)
+            await _flush(state)
+
+
+def create_app(
+    config: Config,
+    *,
+    remote: Resolves | None = None,
+    dns: AbstractResolver | None = None,
+) -> web.Application:
+    """
+    Build the ``serve`` application.
+
+    Args:
+        config: the whole config tree (``serve``, ``store``, ``fetch``, ``network``...).
+        remote: the fetch owner in another process; None owns fetching here.
+        dns: a resolver for upstream host names (tests); None uses the system's.
+    """
+    app = web.Application(client_max_size=1024)
+    app[CONFIG] = config
+    app[WIRING] = Wiring(remote, dns)
+    app.cleanup_ctx.append(_resources)
+    prefix = urlsplit(config.rewrite.base_url).path or "/"
+    app.router.add_get("/", handle_proxy)
+    app.router.add_get("/healthz", handle_healthz)
+    app.router.add_get("/readyz", handle_readyz)
+    app.router.add_get("/metrics", handle_metrics)
+    app.router.add_get(prefix + "{shard:[0-9a-f]{2}}/{name}", handle_object)
+    return app
