@@ -51,6 +51,7 @@ from mirror.store import LocalStore
 log = logging.getLogger(__name__)
 
 HEARTBEAT = 2.0
+SOURCE_MEMO = 8192
 _OBJECT_NAME = re.compile(r"([0-9a-f]{64})\.([a-z0-9]{1,10})")
 _ENCODED = re.compile(r"https?%3a", re.IGNORECASE)
 # A DNS name (IDN letters allowed), an IPv4 literal, or a bracketed IPv6 literal.
@@ -71,6 +72,19 @@ class ServeState:
     metrics: Metrics = field(default_factory=Metrics)
     seen: dict[str, float] = field(default_factory=dict)
     admin: tuple[_Network, ...] = ()
+    # Raw query -> source: parsing costs as much as the rest of a hit; hot URLs repeat.
+    sources: dict[str, str | None] = field(default_factory=dict)
+
+    def source(self, query: str) -> str | None:
+        """:func:`requested_source`, remembered for up to :data:`SOURCE_MEMO` queries."""
+        try:
+            return self.sources[query]
+        except KeyError:
+            pass
+        if len(self.sources) >= SOURCE_MEMO:
+            self.sources.clear()
+        found = self.sources[query] = requested_source(query, self.classifier)
+        return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +146,7 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
     query = request.rel_url.raw_query_string
     if not query:
         return await handle_status(request)
-    source = requested_source(query, state.classifier)
+    source = state.source(query)
     if source is None:
         return _count(state, "proxy", error_response(400, "bad-url", "not an http(s) image URL"))
     entry = state.catalog.lookup(source)

@@ -47,6 +47,8 @@ log = logging.getLogger("mirror.serve")
 CONFIG_ENV = "MIRROR_SERVE_CONFIG"
 SHUTDOWN_SECONDS = 10.0
 RESTARTS_PER_MINUTE = 10
+# Idle keep-alive connections (and new ones that send nothing) close after this many seconds.
+KEEPALIVE = 15.0
 READY = web.AppKey("resolver", Resolver)
 
 
@@ -66,7 +68,9 @@ async def _until_signal() -> None:
 async def _listening(
     app: web.Application, host: str, port: int, *, reuse_port: bool = False
 ) -> AsyncIterator[list[Any]]:
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS)
+    runner = web.AppRunner(
+        app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS, keepalive_timeout=KEEPALIVE
+    )
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024)
