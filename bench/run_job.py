@@ -7,6 +7,8 @@ cors.zfour.workers.dev wrapper in the corpus's shapes. Prints wall time and peak
 
     python bench/run_job.py            # 2000 references, 20 hosts
     python bench/run_job.py -n 50      # a smoke run
+
+Other benchmarks import :func:`generate`, :func:`origin` and :func:`connect_to_args`.
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ import io
 import random
 import resource
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from PIL import Image
@@ -41,27 +46,60 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[2]), print=None, access_log
 """
 
 
+def _noise(rng: random.Random, size: tuple[int, int]) -> Image.Image:
+    return Image.frombytes("L", size, rng.randbytes(size[0] * size[1])).convert("RGB")
+
+
+def _jpeg(image: Image.Image, quality: int) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=quality)
+    return out.getvalue()
+
+
 def make_image(rng: random.Random) -> tuple[bytes, tuple[int, int]]:
     """Return a JPEG of a realistic web size (mostly 30-150 KB) and its dimensions."""
     size = (rng.randint(300, 640), rng.randint(200, 480))
-    noise = Image.frombytes("L", size, rng.randbytes(size[0] * size[1])).convert("RGB")
-    out = io.BytesIO()
-    noise.save(out, "JPEG", quality=rng.randint(40, 80))
-    return out.getvalue(), size
+    return _jpeg(_noise(rng, size), rng.randint(40, 80)), size
 
 
-def generate(root: Path, n: int, hosts: int, seed: int) -> int:
-    """Write images under root/origin and posts under root/posts; return the bytes served."""
+def make_image_near(rng: random.Random, target: int) -> tuple[bytes, tuple[int, int]]:
+    """Return a 560x420 JPEG whose quality is bisected to come closest to ``target`` bytes."""
+    size = (560, 420)  # 5-95 quality spans about 40-190 KB at this size
+    noise = _noise(rng, size)
+    best = b""
+    low, high = 5, 95
+    while low <= high:  # at most 7 rounds over 91 qualities
+        quality = (low + high) // 2
+        data = _jpeg(noise, quality)
+        if not best or abs(len(data) - target) < abs(len(best) - target):
+            best = data
+        low, high = (quality + 1, high) if len(data) < target else (low, quality - 1)
+    return best, size
+
+
+def source_url(i: int, hosts: int) -> str:
+    """Return the inner (origin) URL of image ``i``, the manifest's source key."""
+    return f"http://host{i % hosts:02}.example/img/{i}.jpg"
+
+
+def generate(root: Path, n: int, hosts: int, seed: int, *, main_bytes: int = 0) -> int:
+    """
+    Write images under root/origin and posts under root/posts; return the bytes served.
+
+    With ``main_bytes``, image 0 is made close to that many bytes (a benchmark's hit target).
+    """
     rng = random.Random(seed)
     total = 0
     refs: list[str] = []
+    (root / "origin" / "img").mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        data, (w, h) = make_image(rng)
+        if i == 0 and main_bytes:
+            data, (w, h) = make_image_near(rng, main_bytes)
+        else:
+            data, (w, h) = make_image(rng)
         total += len(data)
-        (root / "origin" / "img").mkdir(parents=True, exist_ok=True)
         (root / "origin" / "img" / f"{i}.jpg").write_bytes(data)
-        host = f"host{i % hosts:02}.example"
-        url = f"{WRAP}http://{host}/img/{i}.jpg"
+        url = f"{WRAP}{source_url(i, hosts)}"
         refs.append(f'<p><img src="{url}" data-size="{w},{h}" referrerpolicy="no-referrer"></p>')
     posts = root / "posts"
     posts.mkdir()
@@ -71,6 +109,40 @@ def generate(root: Path, n: int, hosts: int, seed: int) -> int:
         text = f"\n---\ntitle: 'p{p}'\nheadimg: '{head}'\n---\n\n<div>   \n{body}\n</div>\n  "
         (posts / f"post{p:05}.md").write_text(text, encoding="utf-8")
     return total
+
+
+def connect_to_args(hosts: int, port: int) -> list[str]:
+    """Return ``--connect-to`` options mapping every hostNN.example:80 to the local origin."""
+    args: list[str] = []
+    for h in range(hosts):
+        args += ["--connect-to", f"host{h:02}.example:80:127.0.0.1:{port}"]
+    return args
+
+
+@contextmanager
+def origin(folder: Path, port: int, *, timeout: float = 15.0) -> Iterator[subprocess.Popen[bytes]]:
+    """Serve ``folder`` on 127.0.0.1:``port`` in a child process while the block runs."""
+    server = subprocess.Popen([sys.executable, "-c", SERVER, str(folder), str(port)])
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError(f"the origin exited with status {server.returncode}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the origin did not listen within {timeout} s") from None
+                time.sleep(0.05)
+        yield server
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=10)
 
 
 def main() -> int:
@@ -83,20 +155,12 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="mirror-bench-"))
     try:
         served = generate(root, args.n, args.hosts, args.seed)
-        server = subprocess.Popen(
-            [sys.executable, "-c", SERVER, str(root / "origin"), str(args.port)]
-        )
-        try:
-            time.sleep(1.5)
+        with origin(root / "origin", args.port):
             command = [sys.executable, "-m", "mirror", "run", "-q", "--store", str(root / "cache")]
-            for h in range(args.hosts):
-                command += ["--connect-to", f"host{h:02}.example:80:127.0.0.1:{args.port}"]
+            command += connect_to_args(args.hosts, args.port)
             started = time.perf_counter()
             done = subprocess.run([*command, str(root / "posts")], check=False)
             wall = time.perf_counter() - started
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         print(
             f"mirror run: {args.n} references over {args.hosts} hosts, {served / 1e6:.1f} MB: "

@@ -75,7 +75,14 @@ async def main() -> None:
         root = Path(folder) / "store"
         size = make_store(root, random.Random(7))
         server = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "mirror", "serve", "--store", str(root), "--port", "0",
+            sys.executable,
+            "-m",
+            "mirror",
+            "serve",
+            "--store",
+            str(root),
+            "--port",
+            "0",
             stderr=asyncio.subprocess.PIPE,
         )
         try:
