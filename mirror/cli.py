@@ -11,10 +11,13 @@ import asyncio
 import contextlib
 import dataclasses
 import difflib
+import hashlib
 import json
 import logging
 import os
+import random
 import shutil
+import signal
 import sys
 import time
 from collections import Counter
@@ -23,14 +26,19 @@ from pathlib import Path
 from typing import TextIO
 
 from mirror import __version__
-from mirror.config import Config, load_config, with_public_wrapper
+from mirror.audit import collect, verify
+from mirror.config import Config, load_config, parse_duration, with_public_wrapper
 from mirror.demo import demo_origin
 from mirror.errors import ExitStatus, MirrorError, UsageError
+from mirror.export import export
 from mirror.extract import Extractor
+from mirror.lock import LockedError, StoreLock, command_line
 from mirror.log import configure_logging
 from mirror.manifest import Manifest, manifest_path
-from mirror.models import ImageRef
+from mirror.models import ImageRef, Post, Span
 from mirror.pipeline import Job, RunSummary
+from mirror.report import DEFAULT_GALLERY, write_report
+from mirror.revert import revert
 from mirror.rewrite import decode, rewrap, rewrite
 from mirror.scan import find_posts, iter_posts, write_post
 from mirror.source import origin_host, wrapper_base
@@ -140,8 +148,37 @@ def _rewrap_base(args: argparse.Namespace) -> str | None:
         raise UsageError(f"--rewrap: {exc}") from exc
 
 
+def _print_diff(post: Post, data: bytes) -> None:
+    before = decode(post.data).splitlines(keepends=True)
+    after = decode(data).splitlines(keepends=True)
+    diff = difflib.unified_diff(before, after, f"a/{post.rel}", f"b/{post.rel}")
+    sys.stdout.writelines(line if line.endswith("\n") else line + "\n" for line in diff)
+
+
+def _write_recorded(
+    post: Post, data: bytes, spans: Sequence[Span], manifest: Manifest | None, out: Path | None
+) -> bool:
+    """Write a post, recording its spans first (the manifest's revert protocol)."""
+    generation = None
+    if manifest is not None and spans:
+        generation = manifest.record_spans(
+            str(post.path),
+            spans,
+            [span.source for span in spans],
+            before_sha256=hashlib.sha256(post.data).hexdigest(),
+            after_sha256=hashlib.sha256(data).hexdigest(),
+        )
+    if write_post(post, data, out):
+        return True
+    if manifest is not None and generation is not None:
+        manifest.forget_rewrite(str(post.path), generation)
+    return False
+
+
 def cmd_rewrite(args: argparse.Namespace, config: Config) -> ExitStatus:
     """Rewrite mapped (or, with --rewrap, wrapped) references in place, into --out, or as a diff."""
+    if args.revert:
+        return _revert(args, config)
     base = _rewrap_base(args)
     mapping: dict[str, str] = {}
     if base is not None:
@@ -153,24 +190,31 @@ def cmd_rewrite(args: argparse.Namespace, config: Config) -> ExitStatus:
         mapping = _manifest_mapping(config)
     extractor = Extractor(config.scan)
     posts = changed = spans = skipped = 0
-    for post in iter_posts(args.paths, config.scan):
-        posts += 1
-        if base is not None:
-            result = rewrap(post.data, base, extractor, post.rel)
-        else:
-            result = rewrite(post.data, mapping, extractor, post.rel)
-        if args.dry_run:
+    with contextlib.ExitStack() as stack:
+        manifest = None
+        if not args.dry_run and args.out is None:
+            # In place: under the store lock, and recorded so `--revert` can undo it.
+            root = Path(config.store.path)
+            stack.enter_context(StoreLock(root, command_line()))
+            manifest = stack.enter_context(
+                Manifest(manifest_path(root), durability=config.store.durability)
+            )
+        for post in iter_posts(args.paths, config.scan):
+            posts += 1
+            if base is not None:
+                result = rewrap(post.data, base, extractor, post.rel)
+            else:
+                result = rewrite(post.data, mapping, extractor, post.rel)
+            if args.dry_run:
+                _print_diff(post, result.data)
+            elif (result.spans or args.out is not None) and not _write_recorded(
+                post, result.data, result.spans, manifest, args.out
+            ):
+                skipped += 1
+                continue
             if result.spans:
-                before = decode(post.data).splitlines(keepends=True)
-                after = decode(result.data).splitlines(keepends=True)
-                diff = difflib.unified_diff(before, after, f"a/{post.rel}", f"b/{post.rel}")
-                sys.stdout.writelines(line if line.endswith("\n") else line + "\n" for line in diff)
-        elif (result.spans or args.out is not None) and not write_post(post, result.data, args.out):
-            skipped += 1
-            continue
-        if result.spans:
-            changed += 1
-            spans += len(result.spans)
+                changed += 1
+                spans += len(result.spans)
     if args.dry_run:
         verb = "would rewrite" if base is None else "would rewrap"
     else:
@@ -181,6 +225,45 @@ def cmd_rewrite(args: argparse.Namespace, config: Config) -> ExitStatus:
         file=sys.stderr,
     )
     return ExitStatus.INCOMPLETE if skipped else ExitStatus.OK
+
+
+def _revert(args: argparse.Namespace, config: Config) -> ExitStatus:
+    """Put back what mirror replaced in the posts, from the manifest's recorded spans."""
+    if args.map is not None or args.rewrap is not None or args.out is not None:
+        raise UsageError("--revert cannot be combined with --map, --rewrap or --out")
+
+    result = revert(config, args.paths, show=_print_diff if args.dry_run else None)
+    print(result.summary(args.dry_run), file=sys.stderr)
+    return result.exit_status
+
+
+def _care_output(lines: list[str], summary: list[str], quiet: bool) -> None:
+    for line in lines:
+        print(line, file=sys.stdout)
+    if not quiet:
+        for line in summary:
+            print(line, file=sys.stderr)
+
+
+def cmd_verify(args: argparse.Namespace, config: Config) -> ExitStatus:
+    """Re-hash every object and check it against the manifest; --repair fixes what it can."""
+    audit = verify(config, repair=args.repair)
+    _care_output(audit.lines(), audit.summary(), args.quiet)
+    return audit.exit_status
+
+
+def cmd_gc(args: argparse.Namespace, config: Config) -> ExitStatus:
+    """List (--apply: delete) the objects no post under PATH needs."""
+    collection = collect(config, args.paths, apply=args.apply)
+    _care_output(collection.lines(), collection.summary(), args.quiet)
+    return ExitStatus.OK
+
+
+def cmd_export(args: argparse.Namespace, config: Config) -> ExitStatus:
+    """Copy (--link: hard-link) the objects the posts need into DIR/objects/."""
+    exported = export(config, args.dir, args.paths, link=args.link)
+    _care_output(exported.lines(), exported.summary(), args.quiet)
+    return exported.exit_status
 
 
 def _with_options(config: Config, args: argparse.Namespace) -> Config:
@@ -202,8 +285,9 @@ def _print_summary(summary: RunSummary, seconds: float, out: TextIO) -> None:
     refs = sum(summary.statuses.values())
     by_status = ", ".join(f"{n} {s}" for s, n in summary.statuses.most_common()) or "none"
     megabytes = summary.fetched_bytes / 1e6
+    unchanged = f" ({summary.unchanged} unchanged since the last run)" if summary.unchanged else ""
     print(
-        f"mirror: {summary.posts} posts, {refs} references: {by_status}; "
+        f"mirror: {summary.posts} posts{unchanged}, {refs} references: {by_status}; "
         f"{summary.rewritten} posts rewritten; {megabytes:.1f} MB fetched in {seconds:.1f} s",
         file=out,
     )
@@ -211,6 +295,8 @@ def _print_summary(summary: RunSummary, seconds: float, out: TextIO) -> None:
         print(
             f"  {summary.left_alone} posts changed on disk meanwhile and were left alone", file=out
         )
+    if summary.waiting:
+        print(f"  {summary.waiting} unchanged posts still wait for images in backoff", file=out)
     if summary.reasons:
         reasons = ", ".join(f"{r} {n}" for r, n in summary.reasons.most_common())
         print(f"  not mirrored, by reason: {reasons}", file=out)
@@ -260,23 +346,84 @@ async def _run_job(job: Job, paths: Sequence[Path], quiet: bool) -> RunSummary:
                 await ticker
 
 
-def _job(args: argparse.Namespace, config: Config, *, rewrite: bool) -> ExitStatus:
+async def _once(args: argparse.Namespace, config: Config, *, rewrite: bool) -> ExitStatus:
+    """One run under the store lock (a dry run takes none: it writes nothing)."""
     started = time.monotonic()
+    dry_run = getattr(args, "dry_run", False)
     with contextlib.ExitStack() as stack:
+        if not dry_run:
+            stack.enter_context(StoreLock(Path(config.store.path), command_line()))
         report = None
         if args.report is not None:
             report = stack.enter_context(args.report.open("w", encoding="utf-8"))
         job = Job(
             config,
             rewrite=rewrite,
-            dry_run=getattr(args, "dry_run", False),
+            dry_run=dry_run,
             out=getattr(args, "out", None),
             report=report,
+            only_failed=args.only_failed,
+            retry_reasons=frozenset(args.retry_reason or ()),
+            refresh_after=args.refresh_after,
         )
-        summary = asyncio.run(_run_job(job, args.paths, args.quiet))
+        summary = await _run_job(job, args.paths, args.quiet)
     if not args.quiet:
         _print_summary(summary, time.monotonic() - started, sys.stderr)
     return summary.exit_status
+
+
+async def _every(args: argparse.Namespace, config: Config, *, rewrite: bool) -> ExitStatus:
+    """Run, sleep ``--every`` with a little jitter, run again; SIGTERM or SIGINT ends it."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    current: list[asyncio.Task[ExitStatus]] = []
+
+    def on_signal() -> None:
+        stop.set()
+        for task in current:
+            task.cancel()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    first = True
+    # Bounded by the signals: each pass is one run and one sleep.
+    while not stop.is_set():
+        task = asyncio.create_task(_once(args, config, rewrite=rewrite))
+        current.append(task)
+        try:
+            await task
+        except asyncio.CancelledError:
+            if stop.is_set():
+                print("mirror: stopped during a run; what it finished is kept", file=sys.stderr)
+                return ExitStatus.INTERRUPTED
+            raise
+        except LockedError:
+            if first:
+                raise  # a second scheduler must not start beside the first
+            log.warning("skipped this run: the store is locked by another mirror")
+        except MirrorError as exc:
+            if exc.exit_status == ExitStatus.USAGE:
+                raise
+            print(f"mirror: error: {exc}; trying again next time", file=sys.stderr)
+        finally:
+            current.clear()
+        first = False
+        # Jitter, so jobs started together do not hit the same origins in step.
+        delay = args.every * random.uniform(0.95, 1.05)
+        if not args.quiet:
+            when = time.strftime("%H:%M:%S", time.localtime(time.time() + delay))
+            print(f"mirror: next run at {when}", file=sys.stderr)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+    return ExitStatus.OK
+
+
+def _job(args: argparse.Namespace, config: Config, *, rewrite: bool) -> ExitStatus:
+    if getattr(args, "every", None) is not None:
+        if getattr(args, "dry_run", False) or getattr(args, "out", None) is not None:
+            raise UsageError("--every repeats a real run: it does not go with --dry-run or --out")
+        return asyncio.run(_every(args, config, rewrite=rewrite))
+    return asyncio.run(_once(args, config, rewrite=rewrite))
 
 
 def cmd_fetch(args: argparse.Namespace, config: Config) -> ExitStatus:
@@ -336,6 +483,29 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> ExitStatus:
     return ExitStatus.OK
 
 
+def cmd_report(args: argparse.Namespace, config: Config) -> ExitStatus:
+    """Write the self-contained HTML report of the store (linked to the posts given)."""
+    if args.gallery < 0:
+        raise UsageError(f"--gallery must be 0 or more, not {args.gallery}")
+    report = write_report(config, args.html, args.paths, gallery=args.gallery)
+    if not args.quiet:
+        counts = Counter(entry.status for entry in report.sources)
+        print(
+            f"mirror: wrote {args.html}: {len(report.sources)} sources "
+            f"({', '.join(f'{n} {s}' for s, n in counts.most_common()) or 'none'}), "
+            f"{len(report.gallery)} of {report.gallery_total} objects in the gallery",
+            file=sys.stderr,
+        )
+    return ExitStatus.OK
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with one subcommand per job."""
     common = argparse.ArgumentParser(add_help=False)
@@ -367,6 +537,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="point wrapped references at URL/?<source> (mirror serve); no map or manifest",
     )
+    rw.add_argument(
+        "--revert",
+        action="store_true",
+        help="put back the original text of every span mirror replaced (from the manifest)",
+    )
     rw.set_defaults(handler=cmd_rewrite)
 
     network = argparse.ArgumentParser(add_help=False)
@@ -381,11 +556,34 @@ def build_parser() -> argparse.ArgumentParser:
     network.add_argument("--report", type=Path, help="write a JSON Lines report, one per reference")
     network.add_argument("--jobs", type=int, help="concurrent downloads (default fetch.jobs, 32)")
 
-    fetch = sub.add_parser("fetch", parents=[common, network], help="download and verify")
+    job = argparse.ArgumentParser(add_help=False)
+    job.add_argument(
+        "--every",
+        type=_duration,
+        metavar="DURATION",
+        help="run again every DURATION (30m, 1h, 1d) until SIGTERM",
+    )
+    job.add_argument(
+        "--refresh-after",
+        type=_duration,
+        metavar="DURATION",
+        help="revalidate objects older than DURATION with conditional requests",
+    )
+    job.add_argument(
+        "--only-failed", action="store_true", help="retry only what failed before (no backoff)"
+    )
+    job.add_argument(
+        "--retry-reason",
+        action="append",
+        metavar="REASON",
+        help="retry only failures with this reason, e.g. size-mismatch (repeatable)",
+    )
+
+    fetch = sub.add_parser("fetch", parents=[common, network, job], help="download and verify")
     fetch.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     fetch.set_defaults(handler=cmd_fetch)
 
-    run = sub.add_parser("run", parents=[common, network], help="scan + fetch + rewrite")
+    run = sub.add_parser("run", parents=[common, network, job], help="scan + fetch + rewrite")
     run.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     run.add_argument("--out", type=Path, help="write rewritten copies under DIR")
     run.add_argument("--dry-run", action="store_true", help="no network, no writes: print diffs")
@@ -412,6 +610,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--dir", type=Path, default=Path("mirror-demo"), help="work folder")
     demo.set_defaults(handler=cmd_demo)
+
+    store = argparse.ArgumentParser(add_help=False)
+    store.add_argument("--store", type=Path, help="store folder (default: store.path, ./cache)")
+
+    checker = sub.add_parser("verify", parents=[common, store], help="re-hash and check the store")
+    checker.add_argument(
+        "--repair",
+        action="store_true",
+        help="delete corrupt objects and mark their sources (and missing ones') for re-fetch",
+    )
+    checker.set_defaults(handler=cmd_verify)
+
+    gc = sub.add_parser("gc", parents=[common, store], help="remove objects no post needs")
+    gc.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    gc.add_argument("--apply", action="store_true", help="delete them (default: only list them)")
+    gc.set_defaults(handler=cmd_gc)
+
+    exporter = sub.add_parser("export", parents=[common, store], help="copy objects to upload")
+    exporter.add_argument("dir", type=Path, metavar="DIR", help="writes DIR/objects/<ab>/...")
+    exporter.add_argument(
+        "paths", nargs="*", type=Path, metavar="PATH", help="only what these posts need"
+    )
+    exporter.add_argument("--link", action="store_true", help="hard-link instead of copying")
+    exporter.set_defaults(handler=cmd_export)
+
+    report = sub.add_parser("report", parents=[common], help="write a visual HTML report")
+    report.add_argument(
+        "paths", nargs="*", type=Path, metavar="PATH", help="posts to link images and failures to"
+    )
+    report.add_argument("--html", type=Path, required=True, metavar="FILE", help="page to write")
+    report.add_argument("--store", type=Path, help="store folder (default: store.path, ./cache)")
+    report.add_argument(
+        "--gallery",
+        type=int,
+        default=DEFAULT_GALLERY,
+        metavar="N",
+        help=f"thumbnails of at most N objects (default {DEFAULT_GALLERY})",
+    )
+    report.set_defaults(handler=cmd_report)
     return parser
 
 

@@ -69,6 +69,44 @@ class ScanConfig:
             _need("scan.wrappers", "url" in compiled.groupindex, f"{pattern!r} has no (?P<url>...)")
 
 
+SOURCES = ("origin", "proxy", "https", "alternates", "wayback")
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileConfig:
+    """
+    One per-host request profile, tried in order when a host answers 403 or a placeholder.
+
+    ``referer``: ``"none"``, ``"origin"`` (the origin's home page) or a fixed URL.
+    """
+
+    name: str
+    hosts: tuple[str, ...] = ()
+    referer: str = "none"
+    user_agent: str = ""
+    headers: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _need("fetch.profiles.name", re.fullmatch(r"[\w.-]+", self.name) is not None, "a word")
+        ok = self.referer in ("none", "origin") or re.match(r"https?://", self.referer) is not None
+        _need("fetch.profiles.referer", ok, f'"none", "origin" or a URL, not {self.referer!r}')
+        for header in self.headers:
+            ok = re.fullmatch(r"[A-Za-z0-9-]+:[^\r\n]*", header) is not None
+            _need("fetch.profiles.headers", ok, f'{header!r} is not "Name: value"')
+
+    def header_map(self, source_origin: str) -> dict[str, str]:
+        """The request headers this profile adds, for a source whose origin is given."""
+        headers = dict(h.split(":", 1) for h in self.headers)
+        headers = {k.strip(): v.strip() for k, v in headers.items()}
+        if self.user_agent:
+            headers["User-Agent"] = self.user_agent
+        if self.referer == "origin":
+            headers["Referer"] = source_origin
+        elif self.referer != "none":
+            headers["Referer"] = self.referer
+        return headers
+
+
 @dataclass(frozen=True, slots=True)
 class FetchConfig:
     """How images are downloaded."""
@@ -87,9 +125,11 @@ class FetchConfig:
     max_bytes: int = 20 * MiB
     max_redirects: int = 5
     failure_backoff: float = 600.0
+    host_failures: int = 5
+    profiles: tuple[ProfileConfig, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("jobs", "per_host", "attempts", "max_bytes"):
+        for name in ("jobs", "per_host", "attempts", "max_bytes", "host_failures"):
             _positive(f"fetch.{name}", getattr(self, name))
         for name in ("connect_timeout", "read_timeout", "total_timeout", "backoff_max"):
             _positive(f"fetch.{name}", getattr(self, name))
@@ -100,7 +140,9 @@ class FetchConfig:
         _need("fetch.max_redirects", self.max_redirects >= 0, "must not be negative")
         _need("fetch.sources", bool(self.sources), "needs at least one source")
         for source in self.sources:
-            _one_of("fetch.sources", source, ("origin", "proxy"))
+            _one_of("fetch.sources", source, SOURCES)
+        names = [p.name for p in self.profiles]
+        _need("fetch.profiles", len(names) == len(set(names)), "profile names must differ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,9 +195,11 @@ class RewriteConfig:
     """What rewritten posts point at."""
 
     base_url: str = "/mirror/"
+    on_failure: str = "keep"
 
     def __post_init__(self) -> None:
         _need("rewrite.base_url", self.base_url.endswith("/"), "must end with '/'")
+        _one_of("rewrite.on_failure", self.on_failure, ("keep", "unwrap"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +299,8 @@ def _convert(key: str, value: Any, hint: Any) -> Any:
         ok = isinstance(value, int) and not isinstance(value, bool)
         _need(key, ok, f"must be an integer, not {value!r}")
         return value
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return _section(key, hint, value)
     _need(key, isinstance(value, hint), f"must be a {hint.__name__}, not {value!r}")
     return value
 
@@ -267,6 +313,13 @@ def _section(name: str, cls: type[Any], table: Any) -> Any:
     for key, value in table.items():
         _need(f"{name}.{key}", key in known, "unknown key")
         kwargs[key] = _convert(f"{name}.{key}", value, hints[key])
+    required = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    for key in required:
+        _need(f"{name}.{key}", key in kwargs, "is required")
     return cls(**kwargs)
 
 
@@ -348,3 +401,20 @@ def with_public_wrapper(config: Config, base: str | None = None) -> Config:
         return config
     scan = dataclasses.replace(config.scan, wrappers=wrappers + extra)
     return dataclasses.replace(config, scan=scan)
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """
+    Parse ``45s``, ``30m``, ``1h``, ``1d`` or plain seconds into seconds.
+
+    Raises:
+        ValueError: not such a duration, or not positive.
+    """
+    match = _DURATION.fullmatch(text.strip().lower())
+    if match is None or float(match[1]) <= 0:
+        raise ValueError(f"{text!r} is not a duration like 30m, 1h or 1d")
+    return float(match[1]) * _UNITS[match[2]]

@@ -81,6 +81,24 @@ def front_matter_span(text: str) -> tuple[int, int, int] | None:
     return opened.end(), closed.start(), body
 
 
+_DATE = re.compile(
+    r"^date:[ \t]*['\"]?(\d{4})-(\d{1,2})-(\d{1,2})(?:[ T](\d{1,2}):(\d{2})(?::(\d{2}))?)?",
+    re.MULTILINE,
+)
+
+
+def post_date(text: str) -> str | None:
+    """Return the front matter's ``date:`` as ``YYYYMMDDhhmmss`` (Wayback's form), or None."""
+    span = front_matter_span(text)
+    if span is None:
+        return None
+    found = _DATE.search(text, span[0], span[1])
+    if found is None:
+        return None
+    year, month, day, hour, minute, second = (int(g) if g else 0 for g in found.groups())
+    return f"{year:04d}{month:02d}{day:02d}{hour:02d}{minute:02d}{second:02d}"
+
+
 def _yaml_unescape(value: str) -> str:
     def one(match: re.Match[str]) -> str:
         code = match.group(1)

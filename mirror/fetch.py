@@ -19,7 +19,7 @@ import socket
 import ssl
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from datetime import UTC
 from types import TracebackType
 from typing import Self
@@ -280,19 +280,23 @@ class Fetcher:
         *,
         limit_key: str | None = None,
         headers: Mapping[str, str] | None = None,
+        gate: Callable[[], None] | None = None,
     ) -> Download:
         """
         Download ``url``, retrying transient failures with backoff.
 
         ``limit_key`` (default: the URL's host) names the per-host concurrency limit; conditional
         ``headers`` (If-None-Match, If-Modified-Since) make a 304 come back as a Download.
+        ``gate`` is called once a request holds its slot, right before it is sent, and may raise
+        a FetchError to cancel it (the circuit breaker: requests queued behind a host that has
+        just gone down are not sent).
 
         Raises:
             FetchError: or a subclass; ``reason`` says why.
         """
         async for attempt in self._retrying.copy():
             with attempt:
-                return await self.get_once(url, limit_key=limit_key, headers=headers)
+                return await self.get_once(url, limit_key=limit_key, headers=headers, gate=gate)
         raise AssertionError("unreachable: tenacity reraises the last failure")
 
     async def get_once(
@@ -301,6 +305,7 @@ class Fetcher:
         *,
         limit_key: str | None = None,
         headers: Mapping[str, str] | None = None,
+        gate: Callable[[], None] | None = None,
     ) -> Download:
         """One attempt of :meth:`get`, following redirects but never retrying."""
         try:
@@ -308,6 +313,8 @@ class Fetcher:
         except (TypeError, ValueError) as exc:
             raise FetchError(f"{url!r} is not a URL: {exc}", "bad-url") from exc
         async with self._slot(limit_key or start.host or ""):
+            if gate is not None:
+                gate()
             try:
                 return await self._follow(url, start, dict(headers or {}))
             except FetchError:

@@ -13,7 +13,10 @@ block the one writer. Times are Unix seconds (REAL). Tables:
              (consecutive). What an object is (ext, size, format, size in pixels) lives only in
              ``objects``; :class:`SourceRow` joins it back.
 ``posts``    path PK (as given), size, mtime_ns, inode, sha256 of the content, scanned_at,
-             rewritten_at.
+             rewritten_at; mode (the command that last finished it: fetch or run) and next_check
+             (when a reference it still lacks is due again; NULL when it lacks none), which
+             let an unchanged post be skipped without reading it (the stat fast path).
+``hosts``    host PK, profile (the request profile that last worked there), updated.
 ``rewrites`` (post, generation) PK, before_sha256, after_sha256, created: one row per rewrite of
              a post; generations count up from 1.
 ``spans``    (post, generation, seq) PK, offset, old, new, source: what that rewrite replaced;
@@ -98,6 +101,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             source TEXT PRIMARY KEY, sha256 TEXT NOT NULL REFERENCES objects (sha256),
             last_served REAL NOT NULL) WITHOUT ROWID""",
         "CREATE INDEX served_sha256 ON served (sha256)",
+    ),
+    (
+        "ALTER TABLE posts ADD COLUMN next_check REAL",
+        "ALTER TABLE posts ADD COLUMN mode TEXT",
+        """CREATE TABLE hosts (
+            host TEXT PRIMARY KEY, profile TEXT, updated REAL NOT NULL) WITHOUT ROWID""",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -187,6 +196,8 @@ class PostState:
     sha256: str
     scanned_at: float
     rewritten_at: float | None
+    next_check: float | None = None
+    mode: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +220,17 @@ class Rewrite:
     after_sha256: str | None
     created: float
     spans: tuple[RecordedSpan, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRow:
+    """An ``objects`` row with the ``sources`` and ``served`` rows that name it."""
+
+    sha256: str
+    ext: str
+    size: int
+    sources: tuple[str, ...]
+    served: tuple[str, ...]
 
 
 _ROW_SQL = """SELECT s.source, s.status, s.reason, s.sha256, o.ext, o.bytes, o.format, o.width,
@@ -492,16 +514,36 @@ class Manifest:
         sha256: str,
         *,
         rewritten: bool = False,
+        next_check: float | None = None,
+        mode: str | None = None,
     ) -> None:
         """Record a post as scanned now (and as rewritten now, with ``rewritten``)."""
         now = self._clock()
-        sql = """INSERT INTO posts VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET
-            size = excluded.size, mtime_ns = excluded.mtime_ns, inode = excluded.inode,
+        sql = """INSERT INTO posts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE
+            SET size = excluded.size, mtime_ns = excluded.mtime_ns, inode = excluded.inode,
             sha256 = excluded.sha256, scanned_at = excluded.scanned_at,
-            rewritten_at = COALESCE(excluded.rewritten_at, posts.rewritten_at)"""
-        values = (path, size, mtime_ns, inode, sha256, now, now if rewritten else None)
+            rewritten_at = COALESCE(excluded.rewritten_at, posts.rewritten_at),
+            next_check = excluded.next_check, mode = excluded.mode"""
+        stamp = now if rewritten else None
+        values = (path, size, mtime_ns, inode, sha256, now, stamp, next_check, mode)
         with self.transaction() as conn, self._errors("recording a post"):
             conn.execute(sql, values)
+
+    def record_posts(
+        self, rows: Iterable[tuple[str, int, int, int, str, float | None, str | None]]
+    ) -> None:
+        """Record finished posts: (path, size, mtime_ns, inode, sha256, next_check, mode) each."""
+        now = self._clock()
+        sql = """INSERT INTO posts VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?)
+            ON CONFLICT (path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,
+            inode = excluded.inode, sha256 = excluded.sha256, scanned_at = excluded.scanned_at,
+            next_check = excluded.next_check, mode = excluded.mode"""
+        values = [
+            (p, size, mtime, ino, sha, now, due, mode)
+            for p, size, mtime, ino, sha, due, mode in rows
+        ]
+        with self.transaction() as conn, self._errors("recording posts"):
+            conn.executemany(sql, values)
 
     def post_state(self, path: str) -> PostState | None:
         """Return what ``path`` looked like when last recorded, or None."""
@@ -632,3 +674,54 @@ class Manifest:
                 conn.execute(f"DELETE FROM served WHERE sha256 IN ({marks})", shas)
                 conn.execute(f"DELETE FROM objects WHERE sha256 IN ({marks})", shas)
         return evicted
+
+    def objects(self) -> list[ObjectRow]:
+        """Return every ``objects`` row, by sha256, with the sources and served URLs naming it."""
+        # One statement, so one consistent snapshot even beside a writer.
+        sql = """SELECT o.sha256, o.ext, o.bytes,
+            (SELECT json_group_array(s.source) FROM sources s WHERE s.sha256 = o.sha256),
+            (SELECT json_group_array(v.source) FROM served v WHERE v.sha256 = o.sha256)
+            FROM objects o ORDER BY o.sha256"""
+        with self._lock, self._errors("reading objects"):
+            rows = self.conn.execute(sql).fetchall()
+        return [
+            ObjectRow(sha, ext, size, tuple(sorted(json.loads(by))), tuple(sorted(json.loads(sv))))
+            for sha, ext, size, by, sv in rows
+        ]
+
+    def forget_objects(self, reasons: Mapping[str, str]) -> int:
+        """
+        Forget objects (sha256 -> reason) so that the sources naming them are fetched again.
+
+        Each ``sources`` row naming one becomes ``failed`` with that reason, without object,
+        validators or backoff (``next_attempt`` NULL: due at once); the ``served`` rows naming
+        one and its ``objects`` row are deleted; every post is due again, so the stat fast path
+        does not skip a post that now lacks a reference. One transaction. The caller deletes the
+        files *after* this commits, so no row ever names a missing file. Returns how many
+        sources were marked.
+        """
+        sql = """UPDATE sources SET status = 'failed', reason = ?, sha256 = NULL,
+            fetched_from = NULL, etag = NULL, last_modified = NULL, next_attempt = NULL
+            WHERE sha256 = ?"""
+        marked = 0
+        with self.transaction() as conn, self._errors("forgetting objects"):
+            for sha256, reason in reasons.items():
+                marked += conn.execute(sql, (reason, sha256)).rowcount
+                conn.execute("DELETE FROM served WHERE sha256 = ?", (sha256,))
+                conn.execute("DELETE FROM objects WHERE sha256 = ?", (sha256,))
+            if reasons:
+                conn.execute("UPDATE posts SET next_check = 0")
+        return marked
+
+    def host_profile(self, host: str) -> str | None:
+        """Return the request profile that last worked for ``host``, or None."""
+        with self._lock, self._errors("reading a host"):
+            found = self.conn.execute("SELECT profile FROM hosts WHERE host = ?", (host,))
+            row = found.fetchone()
+        return None if row is None else row[0]
+
+    def record_host_profile(self, host: str, profile: str | None) -> None:
+        """Remember which request profile worked for ``host`` (None: the default request)."""
+        sql = "INSERT OR REPLACE INTO hosts VALUES (?, ?, ?)"
+        with self.transaction() as conn, self._errors("recording a host"):
+            conn.execute(sql, (host, profile, self._clock()))

@@ -2,37 +2,43 @@
 The orchestrator: scan → extract → fetch → verify → store/manifest → rewrite, for ``fetch``/``run``.
 
 Posts are streamed with a bounded number in flight, so memory stays flat. Each source URL is
-fetched at most once per run however many posts name it (a shared future), and never again once
-mirrored. A post is rewritten only after all its references were attempted, and only its
-verified references change. Order of writes, so that a crash at any instant is safe: object file
-(atomic rename) → manifest row (committed) → rewrite spans (committed) → post (atomic rename).
+fetched at most once per run however many posts name it (a shared future, then a bounded memory
+of recent outcomes backed by the manifest), and never again once mirrored. A post whose size,
+mtime and inode match the manifest's record of a finished post is not even read (the stat fast
+path); one that was only touched is hashed, not parsed. A post is rewritten only after all its
+references were attempted, and only its verified references change. Order of writes, so that a
+crash at any instant is safe: object file (atomic rename) → manifest row (committed) → rewrite
+spans (committed) → post (atomic rename) → the post's record for the fast path (committed).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import difflib
 import hashlib
 import json
+import os
 import sys
 import time
-from collections import Counter
-from collections.abc import Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
 from mirror.config import Config
-from mirror.errors import ExitStatus, FetchError, MirrorError, PolicyError, VerifyError
-from mirror.extract import Extractor
+from mirror.downloader import Context, Downloader, Outcome
+from mirror.errors import ExitStatus, MirrorError
+from mirror.extract import Extractor, post_date
 from mirror.fetch import Fetcher
-from mirror.manifest import Attempt, Manifest, SourceResult, SourceRow, manifest_path
+from mirror.manifest import Manifest, PostState, SourceResult, SourceRow, manifest_path
 from mirror.models import ImageRef, Post, StoredObject
 from mirror.rewrite import decode, encode, replace
-from mirror.scan import iter_posts, write_post
+from mirror.scan import find_posts, read_post, write_post
 from mirror.source import origin_host
 from mirror.store import LocalStore, local_url
-from mirror.verify import verify
 
 # Posts whose references are being fetched at once; bounds memory on huge archives.
 POSTS_IN_FLIGHT = 64
@@ -40,20 +46,8 @@ POSTS_IN_FLIGHT = 64
 BATCH = 256
 # A failed source is retried after failure_backoff * 2**(failures-1), at most a week later.
 MAX_BACKOFF = 7 * 24 * 3600.0
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How one source ended in this run."""
-
-    status: str
-    reason: str | None = None
-    obj: StoredObject | None = None
-    format: str | None = None
-    width: int | None = None
-    height: int | None = None
-    fetched_from: str | None = None
-    attempts: tuple[Attempt, ...] = ()
+# Outcomes kept in memory after their fetch ends; older ones are read back from the manifest.
+RECENT = 4096
 
 
 @dataclass
@@ -61,6 +55,8 @@ class RunSummary:
     """What a run did, for the closing summary and the exit status."""
 
     posts: int = 0
+    unchanged: int = 0
+    waiting: int = 0
     rewritten: int = 0
     left_alone: int = 0
     fetched_bytes: int = 0
@@ -70,9 +66,32 @@ class RunSummary:
 
     @property
     def exit_status(self) -> ExitStatus:
-        """0 when every reference is mirrored (or there was nothing to do), else 1."""
+        """
+        0 when every reference is mirrored (or there was nothing to do), else 1.
+
+        ``waiting`` counts unchanged posts skipped unread that still lack a reference in backoff.
+        """
         not_done = sum(n for status, n in self.statuses.items() if status != "mirrored")
-        return ExitStatus.INCOMPLETE if not_done or self.left_alone else ExitStatus.OK
+        incomplete = not_done or self.left_alone or self.waiting
+        return ExitStatus.INCOMPLETE if incomplete else ExitStatus.OK
+
+
+@dataclass(frozen=True, slots=True)
+class PostRecord:
+    """A post this run finished with, for the stat fast path of the next run."""
+
+    path: Path
+    stat: os.stat_result
+    sha256: str
+    next_check: float | None
+    mode: str | None
+
+
+def _context(source: str, refs: list[ImageRef], date: str | None) -> Context:
+    """The other sources of the elements that name ``source`` (srcset, data-original...)."""
+    elements = {r.element for r in refs if r.source == source}
+    others = dict.fromkeys(r.source for r in refs if r.element in elements and r.source != source)
+    return Context(tuple(others), date)
 
 
 def _outcome_from_row(row: SourceRow) -> Outcome:
@@ -94,6 +113,10 @@ class Job:
         out: Path | None = None,
         report: TextIO | None = None,
         diff: TextIO | None = None,
+        only_failed: bool = False,
+        retry_reasons: frozenset[str] = frozenset(),
+        refresh_after: float | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.rewrite = rewrite
@@ -101,6 +124,10 @@ class Job:
         self.out = out
         self.report = report
         self.diff = diff if diff is not None else sys.stdout
+        self.only_failed = only_failed or bool(retry_reasons)
+        self.retry_reasons = retry_reasons
+        self.refresh_after = refresh_after
+        self.clock = clock
         self.summary = RunSummary()
         self.extractor = Extractor(config.scan)
         root = Path(config.store.path)
@@ -112,9 +139,15 @@ class Job:
             self.manifest = Manifest(path if exists else Path(":memory:"), readonly=exists)
         else:
             self.manifest = Manifest(path, durability=config.store.durability)
-        self._fetcher: Fetcher | None = None
+        # What a finished post is recorded as: only an in-place run leaves it rewritten.
+        self.mode = "run" if rewrite and out is None else "fetch"
+        # A report lists every reference, so a run that writes one reads every post.
+        self.fast = not dry_run and out is None and refresh_after is None and report is None
+        self._downloader: Downloader | None = None
         self._futures: dict[str, asyncio.Future[Outcome]] = {}
+        self._recent: OrderedDict[str, Outcome] = OrderedDict()
         self._pending: list[SourceResult] = []
+        self._posts: list[PostRecord] = []
         self._failure: BaseException | None = None
 
     async def run(self, paths: Sequence[Path]) -> RunSummary:
@@ -128,9 +161,18 @@ class Job:
             # Once per run, before any work starts: not worth a thread hop.
             Path(self.config.store.path).mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
         with self.manifest:
-            async with Fetcher(self.config) as fetcher:
-                self._fetcher = fetcher
-                await self._all_posts(paths)
+            try:
+                async with Fetcher(self.config) as fetcher:
+                    self._downloader = Downloader(
+                        self.config, fetcher, self.store, self.manifest, self.clock
+                    )
+                    await self._all_posts(paths)
+                    self.summary.fetched_bytes = self._downloader.fetched_bytes
+            except BaseException:
+                # Cancelled (SIGTERM) or failing: keep what finished; objects are already stored.
+                with contextlib.suppress(MirrorError):
+                    self._flush()
+                raise
             self._flush()
         return self.summary
 
@@ -144,12 +186,22 @@ class Job:
             if not task.cancelled() and task.exception() is not None and self._failure is None:
                 self._failure = task.exception()
 
-        for post in iter_posts(paths, self.config.scan):
+        sweep = not self.dry_run and self.out is None
+        for path, rel in find_posts(paths, self.config.scan, sweep=sweep):
+            try:
+                st = path.stat()
+            except OSError:
+                st = None  # read_post says why
+            if st is not None and self._unchanged(path, st):
+                continue
+            post = read_post(path, rel, self.config.scan)
+            if post is None:
+                continue
             await slots.acquire()
             if self._failure is not None:
                 slots.release()
                 break
-            task = asyncio.create_task(self._post(post))
+            task = asyncio.create_task(self._post(post, st))
             tasks.add(task)
             task.add_done_callback(done)
         if self._failure is not None:
@@ -159,8 +211,43 @@ class Job:
         if self._failure is not None:
             raise self._failure
 
-    async def _post(self, post: Post) -> None:
+    def _finished(self, state: PostState) -> bool:
+        """Tell whether a post in ``state`` needs nothing from this run."""
+        if state.mode is None or (self.mode == "run" and state.mode != "run"):
+            return False
+        if state.next_check is None:
+            return True
+        return not self.only_failed and state.next_check > self.clock()
+
+    def _unchanged(self, path: Path, st: os.stat_result) -> bool:
+        """The stat fast path: same size, mtime and inode as a finished post, so not read."""
+        if not self.fast:
+            return False
+        state = self.manifest.post_state(str(path))
+        if state is None or (st.st_size, st.st_mtime_ns, st.st_ino) != (
+            state.size,
+            state.mtime_ns,
+            state.inode,
+        ):
+            return False
+        if not self._finished(state):
+            return False
         self.summary.posts += 1
+        self.summary.unchanged += 1
+        if state.next_check is not None:
+            self.summary.waiting += 1
+        return True
+
+    async def _post(self, post: Post, st: os.stat_result | None) -> None:
+        self.summary.posts += 1
+        digest = hashlib.sha256(post.data).hexdigest()
+        if self.fast and st is not None:
+            state = self.manifest.post_state(str(post.path))
+            if state is not None and state.sha256 == digest and self._finished(state):
+                # Touched but not changed: note the new stat so the next run skips it unread.
+                self._posts.append(PostRecord(post.path, st, digest, state.next_check, state.mode))
+                self.summary.unchanged += 1
+                return
         text = decode(post.data)
         refs = self.extractor(text, post.rel)
         targets: dict[str, list[ImageRef]] = {}
@@ -169,10 +256,13 @@ class Job:
                 targets.setdefault(ref.source, []).append(ref)
         known = self.manifest.get_many(r.source for r in refs if r.source not in targets)
         paired = {s for s, row in known.items() if row.status == "mirrored"}
+        date = post_date(text)
         outcomes = dict(
             zip(
                 targets,
-                await asyncio.gather(*(self._source(s, targets[s]) for s in targets)),
+                await asyncio.gather(
+                    *(self._source(s, targets[s], _context(s, refs, date)) for s in targets)
+                ),
                 strict=True,
             )
         )
@@ -188,12 +278,29 @@ class Job:
         says = mapping if self.rewrite and not self.dry_run else {}
         for ref in reported:
             self._count(ref, outcomes[ref.source], says.get(ref.source))
+        waiting = [o.next_attempt or self.clock() for o in outcomes.values() if o.obj is None]
+        next_check = min(waiting) if waiting else None
         if self.rewrite:
-            self._rewrite(post, text, refs, mapping)
+            if self.config.rewrite.on_failure == "unwrap":
+                # A dead wrapper becomes its origin URL, so copies do not need the proxy.
+                unwrap = {s: s for s, o in outcomes.items() if o.obj is None}
+                refs = [
+                    r for r in refs if r.source in mapping or (r.proxied and r.source in unwrap)
+                ]
+                mapping = {**unwrap, **mapping}
+            written = self._rewrite(post, text, refs, mapping)
+            if written is None:
+                return
+            if written is not post.data:
+                digest = hashlib.sha256(written).hexdigest()
+                st = post.path.stat() if self.out is None else st
+        if st is not None and not self.dry_run:
+            self._posts.append(PostRecord(post.path, st, digest, next_check, self.mode))
 
     def _rewrite(
         self, post: Post, text: str, refs: list[ImageRef], mapping: dict[str, str]
-    ) -> None:
+    ) -> bytes | None:
+        """Rewrite the post; return its bytes now (``post.data`` when unchanged), None if left."""
         new_text, spans = replace(text, refs, mapping)
         if self.dry_run:
             if spans:
@@ -205,11 +312,11 @@ class Job:
                 )
                 self.diff.writelines(d if d.endswith("\n") else d + "\n" for d in diff)
                 self.summary.rewritten += 1
-            return
+            return post.data
         if not spans:
             if self.out is not None:
                 write_post(post, post.data, self.out)
-            return
+            return post.data
         new_data = encode(new_text)
         self._flush()
         sources = [span.source for span in spans]
@@ -224,43 +331,122 @@ class Job:
             )
         if write_post(post, new_data, self.out):
             self.summary.rewritten += 1
-        else:
-            self.summary.left_alone += 1
-            if generation is not None:
-                self.manifest.forget_rewrite(str(post.path), generation)
+            return new_data
+        self.summary.left_alone += 1
+        if generation is not None:
+            self.manifest.forget_rewrite(str(post.path), generation)
+        return None
 
-    async def _source(self, source: str, refs: list[ImageRef]) -> Outcome:
+    async def _source(self, source: str, refs: list[ImageRef], context: Context) -> Outcome:
+        """Resolve ``source`` once per run however many posts name it; remember recent ones."""
+        recent = self._recent.get(source)
+        if recent is not None:
+            return recent
         future = self._futures.get(source)
-        if future is None:
-            future = asyncio.get_running_loop().create_future()
-            self._futures[source] = future
-            try:
-                future.set_result(await self._resolve(source, refs))
-            except asyncio.CancelledError:
-                future.cancel()
-                raise
-            except BaseException as exc:
-                future.set_exception(exc)
-                # The run stops on this error anyway; waiters need not all retrieve it.
-                future.exception()
-                raise
-            return future.result()
-        return await asyncio.shield(future)
+        if future is not None:
+            return await asyncio.shield(future)
+        future = asyncio.get_running_loop().create_future()
+        self._futures[source] = future
+        try:
+            outcome = await self._resolve(source, refs, context)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except BaseException as exc:
+            future.set_exception(exc)
+            # The run stops on this error anyway; waiters need not all retrieve it.
+            future.exception()
+            raise
+        finally:
+            del self._futures[source]
+        future.set_result(outcome)
+        # Bounded, so memory stays flat on a huge archive; older ones come from the manifest.
+        self._recent[source] = outcome
+        if len(self._recent) > RECENT:
+            self._recent.popitem(last=False)
+        return outcome
 
-    async def _resolve(self, source: str, refs: list[ImageRef]) -> Outcome:
+    def _selected(self, row: SourceRow | None) -> bool:
+        """With --only-failed / --retry-reason: whether this source is to be tried again."""
+        if row is None or row.status not in ("failed", "blocked"):
+            return False
+        return not self.retry_reasons or row.reason in self.retry_reasons
+
+    async def _resolve(self, source: str, refs: list[ImageRef], context: Context) -> Outcome:
         row = self.manifest.get(source)
-        now = time.time()
-        mirrored = row is not None and row.status == "mirrored" and row.sha256 and row.ext
-        if mirrored and row is not None and self.store.has(row.sha256 or "", row.ext or ""):
+        now = self.clock()
+        has = row is not None and row.status == "mirrored" and row.sha256 and row.ext
+        if has and row is not None and self.store.has(row.sha256 or "", row.ext or ""):
+            stale = self.refresh_after is not None and (row.last_attempt or 0) < now - (
+                self.refresh_after
+            )
+            if stale and not self.dry_run:
+                return await self._refresh(source, refs, context, row, now)
             return _outcome_from_row(row)
-        if row is not None and row.status != "mirrored" and (row.next_attempt or 0) > now:
-            return Outcome("skipped", f"backoff ({row.reason})", attempts=row.attempts)
+        if self.only_failed and not self._selected(row):
+            reason = "not-selected" if row is not None else "not-failed"
+            return Outcome("skipped", reason, next_attempt=now)
+        if (
+            not self.only_failed
+            and row is not None
+            and row.status != "mirrored"
+            and (row.next_attempt or 0) > now
+        ):
+            reason = f"backoff ({row.reason})"
+            return Outcome("skipped", reason, attempts=row.attempts, next_attempt=row.next_attempt)
         if self.dry_run:
-            return Outcome("skipped", "dry-run")
-        outcome = await self._download(source, refs)
-        failures = (row.failures if row is not None else 0) + 1
-        backoff = min(MAX_BACKOFF, self.config.fetch.failure_backoff * 2 ** (failures - 1))
+            return Outcome("skipped", "dry-run", next_attempt=now)
+        assert self._downloader is not None
+        outcome = await self._downloader.download(source, refs, context, {})
+        if outcome.status != "mirrored":
+            failures = (row.failures if row is not None else 0) + 1
+            backoff = min(MAX_BACKOFF, self.config.fetch.failure_backoff * 2 ** (failures - 1))
+            # host-down is this run's verdict on the host, not on the URL: due next run.
+            due = now if outcome.reason == "host-down" else now + backoff
+            outcome = dataclasses.replace(outcome, next_attempt=due)
+        self._record(source, outcome, now)
+        return outcome
+
+    async def _refresh(
+        self, source: str, refs: list[ImageRef], context: Context, row: SourceRow, now: float
+    ) -> Outcome:
+        """Revalidate a mirrored source with a conditional request; a 304 downloads nothing."""
+        assert self._downloader is not None
+        headers = {}
+        if row.etag:
+            headers["If-None-Match"] = row.etag
+        if row.last_modified:
+            headers["If-Modified-Since"] = row.last_modified
+        kept = _outcome_from_row(row)
+        outcome = await self._downloader.download(source, refs, context, headers, names=("origin",))
+        if outcome.obj is None:
+            # 304, or the origin failed: the stored copy stands (the manifest keeps it too).
+            fresh = outcome.status == "mirrored"
+            result = dataclasses.replace(kept, reason=outcome.reason, attempts=outcome.attempts)
+            if not fresh:
+                result = dataclasses.replace(
+                    outcome, next_attempt=now + self.config.fetch.failure_backoff
+                )
+            self._record(source, result, now, fallback=row)
+            return kept
+        self._record(source, outcome, now)
+        return outcome
+
+    def _record(
+        self, source: str, outcome: Outcome, now: float, fallback: SourceRow | None = None
+    ) -> None:
         obj = outcome.obj
+        if obj is None and outcome.status == "mirrored" and fallback is not None:
+            obj = StoredObject(fallback.sha256 or "", fallback.ext or "", fallback.size or 0, "")
+            outcome = dataclasses.replace(
+                outcome,
+                format=fallback.format,
+                width=fallback.width,
+                height=fallback.height,
+                etag=fallback.etag,
+                last_modified=fallback.last_modified,
+                fetched_from=fallback.fetched_from,
+            )
         self._pending.append(
             SourceResult(
                 source=source,
@@ -274,48 +460,33 @@ class Job:
                 height=outcome.height,
                 fetched_from=outcome.fetched_from,
                 attempts=outcome.attempts,
+                etag=outcome.etag,
+                last_modified=outcome.last_modified,
                 attempted_at=now,
-                next_attempt=None if outcome.status == "mirrored" else now + backoff,
+                next_attempt=outcome.next_attempt,
             )
         )
         if len(self._pending) >= BATCH:
             self._flush()
-        return outcome
-
-    async def _download(self, source: str, refs: list[ImageRef]) -> Outcome:
-        assert self._fetcher is not None
-        wrapper = next((r.decoded.strip() for r in refs if r.proxied), None)
-        sized = next((r for r in refs if r.declared and r.declared_kind != "display"), None)
-        declared = sized.declared if sized else None
-        kind = sized.declared_kind if sized else None
-        urls = [
-            (name, source if name == "origin" else wrapper) for name in self.config.fetch.sources
-        ]
-        attempts: list[Attempt] = []
-        first: MirrorError | None = None
-        for name, url in urls:
-            if url is None:
-                continue
-            try:
-                download = await self._fetcher.get(url, limit_key=origin_host(source))
-                info = verify(download.data, self.config.verify, declared, kind)
-                obj = self.store.put(download.data, download.sha256, info.ext)
-            except (FetchError, VerifyError) as exc:
-                attempts.append(Attempt(name, url, exc.reason))
-                first = first or exc
-                continue
-            attempts.append(Attempt(name, url, "ok"))
-            self.summary.fetched_bytes += obj.size
-            return Outcome(
-                "mirrored", None, obj, info.format, info.width, info.height, name, tuple(attempts)
-            )
-        status = "blocked" if isinstance(first, PolicyError) else "failed"
-        return Outcome(status, first.reason if first else "no-source", attempts=tuple(attempts))
 
     def _flush(self) -> None:
         if self._pending:
             batch, self._pending = self._pending, []
             self.manifest.record_results(batch)
+        if self._posts:
+            posts, self._posts = self._posts, []
+            self.manifest.record_posts(
+                (
+                    str(r.path),
+                    r.stat.st_size,
+                    r.stat.st_mtime_ns,
+                    r.stat.st_ino,
+                    r.sha256,
+                    r.next_check,
+                    r.mode,
+                )
+                for r in posts
+            )
 
     def _count(self, ref: ImageRef, outcome: Outcome, url: str | None) -> None:
         self.summary.statuses[outcome.status] += 1

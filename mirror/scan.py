@@ -6,9 +6,12 @@ Posts are streamed one at a time so memory stays flat however large the archive 
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import logging
 import os
+import re
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -20,17 +23,33 @@ from mirror.store import atomic_write
 log = logging.getLogger("mirror.scan")
 
 
+# What atomic_write names its temp files: ".<name>.<12 hex>.tmp".
+_TEMP = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
+_STALE_SECONDS = 60.0
+
+
+def _remove_stale(path: Path) -> None:
+    # Old enough that no writer of this moment owns it, whatever holds which lock.
+    with contextlib.suppress(OSError):
+        if time.time() - path.stat().st_mtime > _STALE_SECONDS:
+            path.unlink()
+            log.info("removed %s, left by an interrupted mirror", path)
+
+
 def _matches(name: str, include: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in include)
 
 
-def find_posts(paths: Sequence[Path], config: ScanConfig) -> Iterator[tuple[Path, str]]:
+def find_posts(
+    paths: Sequence[Path], config: ScanConfig, *, sweep: bool = False
+) -> Iterator[tuple[Path, str]]:
     """
     Yield (file, name relative to its PATH argument, '/'-separated) in a stable order.
 
     A file argument is taken whatever its name; folders are walked for ``config.include``.
     Hidden folders (``.git``) are skipped and symlinked folders are not followed, so a loop of
-    links cannot make the walk endless.
+    links cannot make the walk endless. With ``sweep`` (the caller holds the store lock, so no
+    mirror is writing), temp files a killed mirror left beside posts are removed on the way.
     """
     for root in paths:
         if root.is_file():
@@ -42,7 +61,9 @@ def find_posts(paths: Sequence[Path], config: ScanConfig) -> Iterator[tuple[Path
         for folder, dirs, files in os.walk(root):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for name in sorted(files):
-                if _matches(name, config.include):
+                if sweep and _TEMP.fullmatch(name):
+                    _remove_stale(Path(folder) / name)
+                elif _matches(name, config.include):
                     path = Path(folder) / name
                     yield path, path.relative_to(root).as_posix()
 

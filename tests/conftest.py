@@ -17,6 +17,7 @@ import io
 import ipaddress
 import socket
 import ssl
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -199,6 +200,30 @@ class FakeResolver(AbstractResolver):
 
     async def close(self) -> None:
         pass
+
+
+@contextlib.contextmanager
+def threaded_server(
+    app: web.Application, ssl_context: ssl.SSLContext | None = None
+) -> Iterator[int]:
+    """
+    Serve ``app`` on 127.0.0.1 from its own thread and loop; yield its port.
+
+    For tests that call ``mirror.cli.main``, which runs ``asyncio.run`` itself.
+    """
+    loop = asyncio.new_event_loop()
+    server = TestServer(app, host="127.0.0.1")
+    loop.run_until_complete(server.start_server(ssl=ssl_context))
+    assert server.port is not None
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.port
+    finally:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
 
 
 @dataclasses.dataclass

@@ -12,7 +12,6 @@ import signal
 import struct
 import subprocess
 import sys
-import threading
 import time
 import zlib
 from collections import Counter
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+from conftest import threaded_server
 from PIL import Image
 
 from mirror import store as store_module
@@ -116,20 +115,9 @@ def origin() -> Iterator[Origin]:
 
     app = web.Application()
     app.router.add_route("GET", "/{tail:.*}", handle)
-    loop = asyncio.new_event_loop()
-    server = TestServer(app, host="127.0.0.1")
-    loop.run_until_complete(server.start_server())
-    assert server.port is not None
-    state.port = server.port
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
+    with threaded_server(app) as port:
+        state.port = port
         yield state
-    finally:
-        asyncio.run_coroutine_threadsafe(server.close(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.close()
 
 
 def post_text(*paths: str) -> str:

@@ -1,0 +1,343 @@
+"""
+Store care: check the object files against the manifest (``verify``) and collect the objects no
+post needs any more (``gc``).
+
+``verify`` re-hashes every object file and compares the files with the ``objects`` rows (which
+every ``sources`` and ``served`` row naming an object joins): *missing* (a row names a file that
+is not there), *corrupt* (the bytes do not hash to the name) and *stray* (a file no row names;
+reported only, ``gc`` removes it). ``--repair`` deletes corrupt files and forgets the missing and
+corrupt objects' rows so their sources are fetched again (:meth:`Manifest.forget_objects`).
+
+``gc`` keeps an object when any of these holds, and collects everything else:
+
+- a source that a post under the PATHs names (any reference, wrapped or raw) has a row naming it;
+- its ``<ab>/<sha256>.<ext>`` appears in a post under the PATHs (a rewritten post points at it).
+  Whatever URL precedes it counts, not only ``rewrite.base_url``: a changed base URL must never
+  lose an object a post still shows;
+- a ``served`` row names it (``serve``'s open-mode cache evicts on its own budget).
+
+A collected object's ``objects`` row goes; the ``sources`` rows naming it (URLs no post under the
+PATHs names) stay, as ``failed`` with reason ``collected`` and no object, so a post that names one
+again gets it fetched again and ``serve``'s closed world still knows it. A file no row names goes
+too unless a post names it, once it is an hour old: ``serve`` (which takes no store lock) may be
+between writing a file and recording its row. Rows are committed before files are unlinked, so no
+row ever names a missing file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mirror.config import Config
+from mirror.errors import ExitStatus, StoreError, UsageError
+from mirror.extract import Extractor
+from mirror.lock import StoreLock, command_line
+from mirror.manifest import Manifest, ObjectRow, manifest_path
+from mirror.rewrite import decode
+from mirror.scan import iter_posts
+from mirror.store import LocalStore
+
+# A file no row names is left alone this long: a writer without the store lock (serve) may be
+# between the object's rename and its row's commit.
+STRAY_AGE = 3600.0
+# `<ab>/<sha256>.<ext>` as local_url writes it, after any base URL.
+_LOCAL_URL = re.compile(r"(?<![0-9a-f])([0-9a-f]{2})/([0-9a-f]{64})\.([a-z0-9]{1,10})(?![a-z0-9])")
+
+
+def size_text(size: int) -> str:
+    """Format a byte count the way the run summary does (MB, 10**6)."""
+    return f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size} bytes"
+
+
+@contextlib.contextmanager
+def open_store(config: Config, *, write: bool) -> Iterator[tuple[LocalStore, Manifest]]:
+    """
+    Open an existing store's objects and manifest; with ``write``, under the store lock.
+
+    Raises:
+        UsageError: the store has no manifest (most likely a wrong ``--store``).
+        LockedError: ``write`` and another mirror holds the store lock.
+    """
+    root = Path(config.store.path)
+    path = manifest_path(root)
+    if not path.is_file():
+        raise UsageError(f"no manifest at {path}: is --store (store.path) right?")
+    with contextlib.ExitStack() as stack:
+        if write:
+            stack.enter_context(StoreLock(root, command_line()))
+            manifest = Manifest(path, durability=config.store.durability)
+        else:
+            manifest = Manifest(path, readonly=True)
+        stack.enter_context(manifest)
+        yield LocalStore(root, config.store.durability), manifest
+
+
+@dataclass(frozen=True, slots=True)
+class References:
+    """What the posts under some PATHs name: source URLs, and objects by local URL."""
+
+    posts: int
+    sources: frozenset[str]
+    objects: frozenset[tuple[str, str]]
+    shas: frozenset[str]
+
+    def needs(self, row: ObjectRow) -> bool:
+        """Tell whether a post names this object, directly or through one of its sources."""
+        return row.sha256 in self.shas or any(s in self.sources for s in row.sources)
+
+
+def find_references(paths: Sequence[Path], config: Config) -> References:
+    """Scan the posts under ``paths`` for every source URL and local object URL they hold."""
+    extractor = Extractor(config.scan)
+    posts = 0
+    sources: set[str] = set()
+    objects: set[tuple[str, str]] = set()
+    for post in iter_posts(paths, config.scan):
+        posts += 1
+        text = decode(post.data)
+        sources.update(ref.source for ref in extractor(text, post.rel))
+        objects.update((m[2], m[3]) for m in _LOCAL_URL.finditer(text) if m[2].startswith(m[1]))
+    shas = frozenset(sha for sha, _ext in objects)
+    return References(posts, frozenset(sources), frozenset(objects), shas)
+
+
+def _hash(path: Path) -> tuple[str, int]:
+    with path.open("rb") as file:
+        digest = hashlib.file_digest(file, "sha256").hexdigest()
+        return digest, os.fstat(file.fileno()).st_size
+
+
+def _named_by(row: ObjectRow) -> str:
+    names = [*row.sources, *(f"{s} (served)" for s in row.served)]
+    if not names:
+        return "no source names it"
+    more = f" and {len(names) - 1} more" if len(names) > 1 else ""
+    return f"named by {names[0]}{more}"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with the store: ``kind`` is missing, corrupt or stray."""
+
+    kind: str
+    file: str
+    detail: str
+
+
+@dataclass
+class Audit:
+    """What ``verify`` found and, with ``--repair``, did."""
+
+    files: int = 0
+    size: int = 0
+    rows: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    repaired: bool = False
+    removed: int = 0
+    refetch: int = 0
+
+    def count(self, kind: str) -> int:
+        """How many problems of ``kind`` were found."""
+        return sum(p.kind == kind for p in self.problems)
+
+    @property
+    def exit_status(self) -> ExitStatus:
+        """1 when an object was missing or corrupt (repaired or not), else 0."""
+        broken = self.count("missing") + self.count("corrupt")
+        return ExitStatus.INCOMPLETE if broken else ExitStatus.OK
+
+    def lines(self) -> list[str]:
+        """One line per problem (stdout)."""
+        return [f"{p.kind:<8} {p.file}  ({p.detail})" for p in self.problems]
+
+    def summary(self) -> list[str]:
+        """What was checked and done (stderr)."""
+        counts = ", ".join(f"{self.count(k)} {k}" for k in ("missing", "corrupt", "stray"))
+        out = [
+            f"verify: {self.files} files ({size_text(self.size)}) against {self.rows} manifest "
+            f"rows: {counts}"
+        ]
+        if self.repaired:
+            out.append(
+                f"  repaired: {self.removed} corrupt files deleted, {self.refetch} sources marked "
+                "for re-fetch by the next `mirror fetch` or `mirror run`"
+            )
+        elif self.exit_status:
+            out.append("  `mirror verify --repair` drops them and marks their sources for re-fetch")
+        if self.count("stray"):
+            out.append("  stray files are left alone; `mirror gc` removes them")
+        return out
+
+
+def verify(config: Config, *, repair: bool = False) -> Audit:
+    """
+    Re-hash every object and check it against the manifest; with ``repair``, fix what can be.
+
+    Raises:
+        StoreError: an object cannot be read or removed.
+        LockedError: ``repair`` and another mirror holds the store lock.
+    """
+    with open_store(config, write=repair) as (store, manifest):
+        rows = {row.sha256: row for row in manifest.objects()}
+        audit = Audit(rows=len(rows))
+        found: set[tuple[str, str]] = set()
+        reasons: dict[str, str] = {}
+        corrupt: list[tuple[str, str]] = []
+        for sha, ext in store.iter_objects():
+            path = store.path(sha, ext)
+            try:
+                digest, size = _hash(path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from exc
+            found.add((sha, ext))
+            audit.files += 1
+            audit.size += size
+            row = rows.get(sha)
+            named = row is not None and row.ext == ext
+            if digest != sha:
+                corrupt.append((sha, ext))
+                why = _named_by(row) if row is not None and named else "no manifest row names it"
+                detail = f"its bytes hash to {digest[:16]}...; {why}"
+                audit.problems.append(Problem("corrupt", store.relpath(sha, ext), detail))
+                if named:
+                    reasons[sha] = "corrupt-object"
+            elif not named:
+                detail = "no manifest row names it"
+                audit.problems.append(Problem("stray", store.relpath(sha, ext), detail))
+        for row in rows.values():
+            if (row.sha256, row.ext) not in found:
+                reasons[row.sha256] = "missing-object"
+                file = store.relpath(row.sha256, row.ext)
+                audit.problems.append(Problem("missing", file, _named_by(row)))
+        audit.problems.sort(key=lambda p: (p.file, p.kind))
+        if repair:
+            audit.repaired = True
+            # Rows first, then files: no row may name a file that is gone.
+            audit.refetch = manifest.forget_objects(reasons)
+            audit.removed = sum(store.remove(sha, ext) for sha, ext in corrupt)
+    return audit
+
+
+@dataclass(frozen=True, slots=True)
+class Garbage:
+    """An object ``gc`` collects; ``row`` tells whether the manifest knew it."""
+
+    sha256: str
+    ext: str
+    file: str
+    size: int
+    row: bool
+    sources: tuple[str, ...]
+
+
+@dataclass
+class Collection:
+    """What ``gc`` found and, with ``--apply``, did."""
+
+    posts: int = 0
+    kept: int = 0
+    garbage: list[Garbage] = field(default_factory=list)
+    applied: bool = False
+    unmirrored: int = 0
+    temp_removed: int = 0
+
+    @property
+    def size(self) -> int:
+        """Bytes the collected files take (or took)."""
+        return sum(g.size for g in self.garbage)
+
+    def lines(self) -> list[str]:
+        """One line per collected object (stdout)."""
+        verb = "removed" if self.applied else "would remove"
+        out = []
+        for g in self.garbage:
+            why = f"{len(g.sources)} sources no post names" if g.row else "no manifest row"
+            out.append(f"{verb} {g.file}  {g.size} bytes  ({why})")
+        return out
+
+    def summary(self) -> list[str]:
+        """What was kept and freed (stderr)."""
+        out: list[str] = []
+        total = f"{len(self.garbage)} unneeded ({size_text(self.size)})"
+        head = f"gc: {self.posts} posts; {self.kept} objects kept, {total}"
+        if not self.applied:
+            out.append(f"{head}; run with --apply to delete them" if self.garbage else head)
+            return out
+        out.append(f"{head} removed")
+        if self.unmirrored:
+            out.append(
+                f"  {self.unmirrored} sources kept without object (reason `collected`): "
+                "fetched again if a post names them again"
+            )
+        if self.temp_removed:
+            out.append(f"  {self.temp_removed} stale temp files removed")
+        return out
+
+
+def collect(config: Config, paths: Sequence[Path], *, apply: bool = False) -> Collection:
+    """
+    Find the objects no post under ``paths`` needs; with ``apply``, delete them.
+
+    Raises:
+        UsageError: a PATH does not exist, or there is no post under them (which would make
+            every object garbage).
+        StoreError: an object cannot be removed.
+        LockedError: ``apply`` and another mirror holds the store lock.
+    """
+    for path in paths:
+        if not path.exists():
+            raise UsageError(f"{path}: no such file or folder; give gc every folder of posts")
+    refs = find_references(paths, config)
+    if refs.posts == 0:
+        raise UsageError("no posts under the given PATHs: refusing to call every object garbage")
+    with open_store(config, write=apply) as (store, manifest):
+        rows = manifest.objects()
+        needed = set(refs.shas)
+        needed.update(row.sha256 for row in rows if row.served or refs.needs(row))
+        result = Collection(posts=refs.posts, kept=len(needed & {r.sha256 for r in rows}))
+        for row in rows:
+            if row.sha256 not in needed:
+                size = _size(store.path(row.sha256, row.ext))
+                file = store.relpath(row.sha256, row.ext)
+                result.garbage.append(Garbage(row.sha256, row.ext, file, size, True, row.sources))
+        named = {(row.sha256, row.ext) for row in rows}
+        cutoff = time.time() - STRAY_AGE
+        for sha, ext in store.iter_objects():
+            path = store.path(sha, ext)
+            if (sha, ext) in named or sha in needed or _mtime(path) > cutoff:
+                continue
+            file = store.relpath(sha, ext)
+            result.garbage.append(Garbage(sha, ext, file, _size(path), False, ()))
+        result.garbage.sort(key=lambda g: g.file)
+        if apply:
+            result.applied = True
+            doomed = {g.sha256: "collected" for g in result.garbage if g.row}
+            # Rows first, then files: no row may name a file that is gone.
+            result.unmirrored = manifest.forget_objects(doomed)
+            for g in result.garbage:
+                store.remove(g.sha256, g.ext)
+            result.temp_removed = store.cleanup_temp()
+    return result
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return float("inf")

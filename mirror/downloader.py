@@ -1,0 +1,242 @@
+"""
+Getting one source's image from wherever it still lives: the download half of the pipeline.
+
+For each source URL the configured ``fetch.sources`` are tried in order:
+
+``origin``      the source URL itself
+``proxy``       the wrapper exactly as the post writes it
+``https``       the origin upgraded from http to https
+``alternates``  the other URLs of the same element (``data-original``, ``data-gif-url``, srcset)
+``wayback``     the Internet Archive's raw copy, ``web.archive.org/web/<timestamp>id_/<url>``,
+                nearest the post's ``date:`` (else the latest)
+
+The first that delivers a verified image wins. When a host answers 403 or a placeholder of
+another size, the request profiles configured for it (Referer, User-Agent, headers) are tried
+in order; the one that worked is remembered per host (in the manifest) and tried first next
+time, and recorded per object as ``<source>/<profile>`` in ``fetched_from``.
+
+A per-host circuit breaker: after ``fetch.host_failures`` consecutive host-level failures
+(connection, timeout, TLS, truncation, 5xx) in one run, the origin host is not asked again in
+that run: its remaining sources go straight to the other candidates (proxy, wayback...) and, when
+none delivers, fail with ``host-down``, due again next run instead of eating this run's time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mirror.config import Config, ProfileConfig
+from mirror.errors import FetchError, MirrorError, PolicyError, VerifyError
+from mirror.fetch import Fetcher
+from mirror.manifest import Attempt, Manifest
+from mirror.models import ImageRef, StoredObject
+from mirror.resolver import host_allowed
+from mirror.source import hostname, origin_host
+from mirror.store import LocalStore
+from mirror.verify import verify
+
+log = logging.getLogger("mirror.fetch")
+
+WAYBACK = "https://web.archive.org/web/{stamp}id_/{url}"
+# Answers that a different request might change: a hotlink block or a placeholder image.
+PROFILE_REASONS = frozenset({"http-403", "size-mismatch"})
+_HOST_LEVEL = re.compile(r"connection|timeout|tls|truncated|http-5\d\d")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one source ended in this run; ``next_attempt`` is when a failure is due again."""
+
+    status: str
+    reason: str | None = None
+    obj: StoredObject | None = None
+    format: str | None = None
+    width: int | None = None
+    height: int | None = None
+    fetched_from: str | None = None
+    attempts: tuple[Attempt, ...] = ()
+    next_attempt: float | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What a source's post says besides the references: alternates and the post's date."""
+
+    alternates: tuple[str, ...] = ()
+    date: str | None = None
+
+
+def wayback_url(source: str, date: str | None, now: float) -> str:
+    """The Wayback Machine's raw-bytes URL of ``source`` nearest ``date`` (YYYYMMDDhhmmss)."""
+    stamp = date or time.strftime("%Y%m%d%H%M%S", time.gmtime(now))
+    return WAYBACK.format(stamp=stamp, url=source)
+
+
+def candidates(
+    names: tuple[str, ...], source: str, refs: list[ImageRef], context: Context, now: float
+) -> list[tuple[str, str]]:
+    """The (source name, URL) pairs to try for ``source``, in order, without repeats."""
+    found: list[tuple[str, str]] = []
+    for name in names:
+        if name == "origin":
+            found.append((name, source))
+        elif name == "proxy":
+            wrapper = next((r.decoded.strip() for r in refs if r.proxied), None)
+            if wrapper is not None:
+                found.append((name, wrapper))
+        elif name == "https" and source.startswith("http://"):
+            found.append((name, "https://" + source[len("http://") :]))
+        elif name == "alternates":
+            found += [(name, alt) for alt in context.alternates]
+        elif name == "wayback":
+            found.append((name, wayback_url(source, context.date, now)))
+    seen: set[str] = set()
+    unique = []
+    for name, url in found:
+        if url not in seen:
+            seen.add(url)
+            unique.append((name, url))
+    return unique
+
+
+class Downloader:
+    """Downloads, verifies and stores sources for one run (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: Config,
+        fetcher: Fetcher,
+        store: LocalStore,
+        manifest: Manifest,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.fetcher = fetcher
+        self.store = store
+        self.manifest = manifest
+        self.clock = clock
+        self.fetched_bytes = 0
+        self._streak: Counter[str] = Counter()
+        self._down: set[str] = set()
+        self._profiles: dict[str, str | None] = {}
+
+    def _profiles_for(self, host: str) -> list[ProfileConfig | None]:
+        """None (the plain request) and the host's profiles, the one that last worked first."""
+        bare = hostname("http://" + host)
+        mine = [p for p in self.config.fetch.profiles if host_allowed(bare, p.hosts)]
+        order: list[ProfileConfig | None] = [None, *mine]
+        if host not in self._profiles:
+            self._profiles[host] = self.manifest.host_profile(host)
+        best = self._profiles[host]
+        winner = next((p for p in mine if p.name == best), None)
+        if winner is not None:
+            order.remove(winner)
+            order.insert(0, winner)
+        return order
+
+    async def download(
+        self,
+        source: str,
+        refs: list[ImageRef],
+        context: Context,
+        headers: dict[str, str],
+        names: tuple[str, ...] | None = None,
+    ) -> Outcome:
+        """
+        Try every candidate URL of ``source`` until one gives a verified image; store it.
+
+        ``headers`` are sent with the origin request (conditional validators on a refresh);
+        ``names`` overrides ``fetch.sources``. A 304 answer is a mirrored outcome with no object.
+
+        Raises:
+            MirrorError: the store cannot be written (the run stops); never for a bad upstream.
+        """
+        host = origin_host(source)
+        now = self.clock()
+        sized = next((r for r in refs if r.declared and r.declared_kind != "display"), None)
+        declared = sized.declared if sized else None
+        kind = sized.declared_kind if sized else None
+        attempts: list[Attempt] = []
+        first: MirrorError | None = None
+        names = names or self.config.fetch.sources
+        for name, url in candidates(names, source, refs, context, now):
+            at_origin = name in ("origin", "https")
+            if at_origin and host in self._down:
+                attempts.append(Attempt(name, url, "host-down"))
+                first = first or FetchError(f"{host} is down in this run", "host-down")
+                continue
+            for profile in self._profiles_for(host) if at_origin else [None]:
+                label = name if profile is None else f"{name}/{profile.name}"
+                extra = dict(headers) if name == "origin" else {}
+                if profile is not None:
+                    extra.update(profile.header_map(source.split(host, 1)[0] + host + "/"))
+                try:
+                    gate = (lambda: self._gate(host)) if at_origin else None
+                    download = await self.fetcher.get(url, limit_key=host, headers=extra, gate=gate)
+                    if download.status == 304:
+                        attempts.append(Attempt(label, url, "not-modified"))
+                        self._healthy(host)
+                        return Outcome("mirrored", "not-modified", attempts=tuple(attempts))
+                    info = verify(download.data, self.config.verify, declared, kind)
+                    obj = await asyncio.to_thread(
+                        self.store.put, download.data, download.sha256, info.ext
+                    )
+                except (FetchError, VerifyError) as exc:
+                    attempts.append(Attempt(label, url, exc.reason))
+                    first = first or exc
+                    if at_origin:
+                        self._failed(host, exc.reason)
+                    if exc.reason not in PROFILE_REASONS:
+                        break  # another profile would not change this answer
+                    continue
+                attempts.append(Attempt(label, url, "ok"))
+                self._healthy(host)
+                if profile is not None or self._profiles.get(host) is not None:
+                    chosen = None if profile is None else profile.name
+                    if self._profiles.get(host) != chosen:
+                        self._profiles[host] = chosen
+                        await asyncio.to_thread(self.manifest.record_host_profile, host, chosen)
+                self.fetched_bytes += obj.size
+                return Outcome(
+                    "mirrored",
+                    None,
+                    obj,
+                    info.format,
+                    info.width,
+                    info.height,
+                    label,
+                    tuple(attempts),
+                    etag=download.etag if name == "origin" else None,
+                    last_modified=download.last_modified if name == "origin" else None,
+                )
+        status = "blocked" if isinstance(first, PolicyError) else "failed"
+        reason = first.reason if first else "no-source"
+        return Outcome(status, reason, attempts=tuple(attempts))
+
+    def _failed(self, host: str, reason: str) -> None:
+        if _HOST_LEVEL.fullmatch(reason) is None:
+            return
+        self._streak[host] += 1
+        if self._streak[host] >= self.config.fetch.host_failures and host not in self._down:
+            self._down.add(host)
+            log.warning(
+                "%s failed %d times in a row (%s): its other images wait for the next run",
+                host,
+                self._streak[host],
+                reason,
+            )
+
+    def _gate(self, host: str) -> None:
+        if host in self._down:
+            raise FetchError(f"{host} is down in this run", "host-down")
+
+    def _healthy(self, host: str) -> None:
+        self._streak.pop(host, None)

@@ -1,0 +1,130 @@
+"""
+Export: the object tree a publisher uploads next to the posts.
+
+Posts written with ``mirror run --out`` and ``[rewrite] base_url = "https://cdn.example.com/mirror/"``
+point at ``https://cdn.example.com/mirror/<ab>/<sha256>.<ext>``; ``mirror export DIR`` lays the
+objects they need out as ``DIR/objects/<ab>/<sha256>.<ext>`` (upload ``DIR/objects/`` as
+``mirror/``). Each file is copied (or hard-linked) to a temp name in its folder and renamed into
+place, so an upload that runs meanwhile never sees half a file; a file already there with the same
+size is skipped, so exporting again only adds what is new. Export only reads the store and takes
+no store lock; an object removed meanwhile (by ``gc``) is reported as missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mirror.audit import find_references, open_store, size_text
+from mirror.config import Config
+from mirror.errors import ExitStatus, StoreError
+
+# Why a hard link can fail where a copy works: another file system, or one without links.
+_NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP})
+
+
+@dataclass
+class Exported:
+    """What ``export`` wrote, skipped and could not find."""
+
+    files: int = 0
+    size: int = 0
+    linked: int = 0
+    present: int = 0
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def exit_status(self) -> ExitStatus:
+        """1 when an object a post needs is not in the store, else 0."""
+        return ExitStatus.INCOMPLETE if self.missing else ExitStatus.OK
+
+    def lines(self) -> list[str]:
+        """One line per missing object (stdout)."""
+        return [f"missing  {file}  (not in the store)" for file in self.missing]
+
+    def summary(self) -> list[str]:
+        """What was written (stderr)."""
+        how = f", {self.linked} of them hard-linked" if self.linked else ""
+        return [
+            f"export: {self.files} files ({size_text(self.size)}) written{how}; "
+            f"{self.present} already there; {len(self.missing)} missing"
+        ]
+
+
+def _place(source: Path, target: Path, link: bool) -> bool:
+    """Put ``source`` at ``target`` atomically; return True when it was hard-linked."""
+    tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+    try:
+        linked = False
+        if link:
+            try:
+                os.link(source, tmp)
+                linked = True
+            except OSError as exc:
+                if exc.errno not in _NO_LINK:
+                    raise
+        if not linked:
+            shutil.copyfile(source, tmp)
+        tmp.replace(target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return linked
+
+
+def export(
+    config: Config, dest: Path, paths: Sequence[Path] = (), *, link: bool = False
+) -> Exported:
+    """
+    Copy (or hard-link) objects into ``dest/objects/<ab>/<sha256>.<ext>``.
+
+    Args:
+        config: the store to read.
+        dest: the folder to export into (created if needed).
+        paths: export what the posts under these need; empty: every object a source names.
+        link: hard-link instead of copying, copying where a link is impossible.
+
+    Raises:
+        UsageError: the store has no manifest.
+        StoreError: a file cannot be written under ``dest``.
+    """
+    with open_store(config, write=False) as (store, manifest):
+        rows = manifest.objects()
+    if paths:
+        refs = find_references(paths, config)
+        wanted = {(r.sha256, r.ext) for r in rows if any(s in refs.sources for s in r.sources)}
+        wanted |= refs.objects
+    else:
+        wanted = {(r.sha256, r.ext) for r in rows if r.sources}
+    result = Exported()
+    for sha, ext in sorted(wanted):
+        rel = store.relpath(sha, ext)
+        source, target = store.path(sha, ext), dest / rel
+        try:
+            size = source.stat().st_size
+        except FileNotFoundError:
+            result.missing.append(rel)
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if target.stat().st_size == size:
+                result.present += 1
+                continue
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            result.linked += _place(source, target, link)
+        except FileNotFoundError:
+            # gc removed it between the stat and the copy.
+            result.missing.append(rel)
+            continue
+        except OSError as exc:
+            raise StoreError(f"cannot export {rel} to {dest}: {exc.strerror or exc}") from exc
+        result.files += 1
+        result.size += size
+    return result

@@ -1,0 +1,448 @@
+"""
+The scheduled job and the archive rescue: the stat fast path, backoff and the circuit breaker
+(with a fake clock), the sources after origin and proxy (https, alternates, a Wayback Machine
+answering through connect_to), request profiles, --only-failed, on_failure, --refresh-after,
+the store lock with two processes, --every, and flat memory as the archive grows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import json
+import re
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from aiohttp import web
+from conftest import threaded_server
+from PIL import Image
+
+from mirror.cli import main
+from mirror.config import ProfileConfig, load_config
+from mirror.errors import ExitStatus
+from mirror.manifest import Manifest, manifest_path
+from mirror.pipeline import Job
+
+WRAP = "http://proxy.example/?"
+ETAG = '"v1"'
+
+
+def jpeg(n: int, size: tuple[int, int] = (60, 40)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, (n % 256, n // 256 % 256, 7)).save(out, "JPEG")
+    return out.getvalue()
+
+
+@dataclasses.dataclass
+class Net:
+    """The local servers: plain HTTP and TLS, answering by Host header for several names."""
+
+    http: int = 0
+    https: int = 0
+    cacert: str = ""
+    hits: Counter[str] = dataclasses.field(default_factory=Counter)
+    headers: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[Net]:
+    state = Net()
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        host = request.host.split(":")[0]
+        scheme = "https" if request.secure else "http"
+        key = f"{scheme}://{host}{request.path_qs}"
+        state.hits[key] += 1
+        state.headers[key] = dict(request.headers)
+        path = request.path
+        number = int(re.sub(r"\D", "", path) or "0")
+        if host == "web.archive.org":
+            if "archived" in request.path_qs:
+                return web.Response(body=jpeg(900), content_type="image/jpeg")
+            return web.Response(status=404)
+        if host != "origin.example":
+            return web.Response(status=404)  # the proxy is dead in this file
+        if path.startswith("/good/"):
+            if request.headers.get("If-None-Match") == ETAG:
+                return web.Response(status=304, headers={"ETag": ETAG})
+            return web.Response(
+                body=jpeg(number), content_type="image/jpeg", headers={"ETag": ETAG}
+            )
+        if path.startswith("/https-only/") and request.secure:
+            return web.Response(body=jpeg(number), content_type="image/jpeg")
+        if path.startswith("/referer/"):
+            if request.headers.get("Referer") == "http://origin.example/":
+                return web.Response(body=jpeg(number), content_type="image/jpeg")
+            return web.Response(status=403)
+        if path.startswith("/503/"):
+            return web.Response(status=503)
+        if path.startswith("/html/"):
+            return web.Response(text="<html>no</html>", content_type="text/html")
+        return web.Response(status=404)
+
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("origin.example", "web.archive.org").configure_cert(context)
+    cacert = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(cacert))
+    state.cacert = str(cacert)
+    plain, secure = web.Application(), web.Application()
+    for app in (plain, secure):
+        app.router.add_route("GET", "/{tail:.*}", handle)
+    with threaded_server(plain) as http, threaded_server(secure, context) as https:
+        state.http, state.https = http, https
+        yield state
+
+
+def config_file(tmp_path: Path, net: Net, extra: str = "") -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        "[scan]\nwrappers = ['^http://proxy\\.example/\\?(?P<url>.+)$']\n"
+        "[fetch]\nbackoff_initial = 0.0\nattempts = 1\nread_timeout = 2.0\n"
+        f"{extra}\n"
+        "[network]\n"
+        f"cacert = '{net.cacert}'\n"
+        f"connect_to = ['origin.example:80:127.0.0.1:{net.http}', "
+        f"'proxy.example:80:127.0.0.1:{net.http}', "
+        f"'origin.example:443:127.0.0.1:{net.https}', "
+        f"'web.archive.org:443:127.0.0.1:{net.https}']\n"
+        f"[store]\npath = '{tmp_path / 'cache'}'\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def post(*paths: str, date: str = "2022-01-31 07:43:00", extra: str = "") -> str:
+    body = "".join(
+        f'<p><img src="{WRAP}http://origin.example{p}" referrerpolicy="no-referrer"></p>'
+        for p in paths
+    )
+    return f"---\ntitle: t\ndate: {date}\n---\n\n<div>{body}{extra}</div>\n"
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run_job(config: Path, posts: Path, clock: Clock | None = None, **kwargs: Any) -> Any:
+    job = Job(load_config(config), rewrite=True, clock=clock or time.time, **kwargs)
+    return asyncio.run(job.run([posts]))
+
+
+def rows(tmp_path: Path) -> dict[str, Any]:
+    with Manifest(manifest_path(tmp_path / "cache"), readonly=True) as manifest:
+        sources = [r[0] for r in manifest.conn.execute("SELECT source FROM sources")]
+        return manifest.get_many(sources)
+
+
+# --- incremental -----------------------------------------------------------------------------
+
+
+def test_unchanged_posts_are_not_read_again(
+    tmp_path: Path, net: Net, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Second run: nothing parsed or fetched; a touched post is hashed only; an edit is parsed."""
+    config = config_file(tmp_path, net)
+    posts = tmp_path / "posts"
+    posts.mkdir()
+    for n in range(3):
+        (posts / f"p{n}.md").write_text(post(f"/good/{n}.jpg"), encoding="utf-8")
+    assert ExitStatus.OK == main(["run", "--config", str(config), "-q", str(posts)])
+    parsed: list[str] = []
+    real = Job.__init__
+
+    def spy(self: Job, *args: Any, **kwargs: Any) -> None:
+        real(self, *args, **kwargs)
+        extractor = self.extractor
+
+        def counting(text: str, rel: str) -> Any:
+            parsed.append(rel)
+            return extractor(text, rel)
+
+        self.extractor = counting  # type: ignore[assignment]
+
+    monkeypatch.setattr(Job, "__init__", spy)
+    hits = sum(net.hits.values())
+    summary = run_job(config, posts)
+    assert ([], 3, 3) == (parsed, summary.unchanged, summary.posts)
+    assert hits == sum(net.hits.values())
+    (posts / "p0.md").touch()
+    time.sleep(0.01)
+    new = posts / "p1.md"
+    new.write_text(new.read_text(encoding="utf-8") + post("/good/7.jpg"), encoding="utf-8")
+    (posts / "p9.md").write_text(post("/good/9.jpg"), encoding="utf-8")
+    summary = run_job(config, posts)
+    assert ["p1.md", "p9.md"] == sorted(parsed)
+    assert 2 == summary.unchanged
+    assert 1 == net.hits["http://origin.example/good/9.jpg"]
+    assert ExitStatus.OK == summary.exit_status
+
+
+def test_failures_back_off_with_a_fake_clock(tmp_path: Path, net: Net) -> None:
+    """A failed URL waits failure_backoff, then twice that; the post is not even read meanwhile."""
+    config = config_file(tmp_path, net, "failure_backoff = 600.0")
+    posts = tmp_path / "posts"
+    posts.mkdir()
+    (posts / "a.md").write_text(post("/dead/1.jpg"), encoding="utf-8")
+    clock = Clock()
+    url = "http://origin.example/dead/1.jpg"
+    expected = [(0, 1), (100, 1), (599, 1), (601, 2), (601 + 1199, 2), (601 + 1201, 3)]
+    for offset, hits in expected:
+        clock.now = 1_800_000_000.0 + offset
+        summary = run_job(config, posts, clock)
+        assert hits == net.hits[url], offset
+        assert ExitStatus.INCOMPLETE == summary.exit_status
+    row = rows(tmp_path)[url]
+    assert (3, "http-404") == (row.failures, row.reason)
+
+
+def test_circuit_breaker_fails_fast_then_retries(tmp_path: Path, net: Net) -> None:
+    """After host_failures 503s in a row the host's other images fail at once with host-down."""
+    config = config_file(tmp_path, net, "host_failures = 3\njobs = 1\nper_host = 1")
+    posts = tmp_path / "posts"
+    posts.mkdir()
+    for n in range(8):
+        (posts / f"p{n}.md").write_text(post(f"/503/{n}.jpg"), encoding="utf-8")
+    clock = Clock()
+    run_job(config, posts, clock)
+    asked = sum(n for key, n in net.hits.items() if "/503/" in key and key.startswith("http://o"))
+    assert 3 == asked
+    reasons = Counter(row.reason for row in rows(tmp_path).values())
+    assert {"http-503": 3, "host-down": 5} == reasons
+    clock.now += 1  # the next run: host-down ones are due at once, the 503s wait their backoff
+    run_job(config, posts, clock)
+    again = sum(n for key, n in net.hits.items() if "/503/" in key and key.startswith("http://o"))
+    assert 6 == again
+
+
+# --- more sources -----------------------------------------------------------------------------
+
+
+def test_wayback_https_and_alternates(tmp_path: Path, net: Net) -> None:
+    """Dead origin and proxy: https, the element's other URL, or the Wayback copy delivers."""
+    config = config_file(
+        tmp_path, net, 'sources = ["origin", "proxy", "https", "alternates", "wayback"]'
+    )
+    posts = tmp_path / "posts"
+    posts.mkdir()
+    alternate = (
+        '<img src="'
+        + WRAP
+        + 'http://origin.example/dead/5.jpg" data-original="http://origin.example/good/5.jpg">'
+    )
+    (posts / "a.md").write_text(
+        post("/dead/archived.jpg", "/https-only/3.jpg", extra=alternate), encoding="utf-8"
+    )
+    report = tmp_path / "r.jsonl"
+    status = main(["run", "--config", str(config), "-q", "--report", str(report), str(posts)])
+    assert ExitStatus.OK == status
+    found = {
+        r["source"]: r["fetched_from"]
+        for r in map(json.loads, report.read_text(encoding="utf-8").splitlines())
+    }
+    assert "wayback" == found["http://origin.example/dead/archived.jpg"]
+    assert "https" == found["http://origin.example/https-only/3.jpg"]
+    assert "alternates" == found["http://origin.example/dead/5.jpg"]
+    wayback = (
+        "https://web.archive.org/web/20220131074300id_/http://origin.example/dead/archived.jpg"
+    )
+    assert 1 == net.hits[wayback]
+
+
+def test_request_profiles_are_tried_on_403_and_remembered(tmp_path: Path, net: Net) -> None:
+    """A 403 tries the host's profiles in order; the one that worked goes first next time."""
+    profiles = (
+        '[[fetch.profiles]]\nname = "ua"\nuser_agent = "Other/1.0"\n'
+        '[[fetch.profiles]]\nname = "home"\nhosts = ["origin.example"]\nreferer = "origin"\n'
+    )
+    config = config_file(tmp_path, net)
+    config.write_text(config.read_text(encoding="utf-8") + profiles, encoding="utf-8")
+    posts = tmp_path / "posts"
+    posts.mkdir()
+    (posts / "a.md").write_text(post("/referer/1.jpg"), encoding="utf-8")
+    report = tmp_path / "r.jsonl"
+    assert ExitStatus.OK == main(
+        ["run", "--config", str(config), "--report", str(report), str(posts)]
+    )
+    first = json.loads(report.read_text(encoding="utf-8").splitlines()[0])
+    assert "origin/home" == first["fetched_from"]
+    assert ["http-403", "http-403", "ok"] == [a["outcome"] for a in first["attempts"]]
+    (posts / "b.md").write_text(post("/referer/2.jpg"), encoding="utf-8")
+    assert ExitStatus.OK == main(["run", "--config", str(config), "-q", str(posts)])
+    assert 1 == net.hits["http://origin.example/referer/2.jpg"]
+    assert "http://origin.example/" == net.headers["http://origin.example/referer/2.jpg"]["Referer"]
+    with Manifest(manifest_path(tmp_path / "cache"), readonly=True) as manifest:
+        assert "home" == manifest.host_profile("origin.example")
+    assert isinstance(load_config(config).fetch.profiles[1], ProfileConfig)
+
+
+def test_only_failed_and_retry_reason(tmp_path: Path, net: Net) -> None:
+    """--retry-reason picks failures by reason and ignores their backoff; others wait."""
+    config = config_file(tmp_path, net)
+    posts = tmp_path / "posts"
+    posts.mkdir()
+    (posts / "a.md").write_text(post("/dead/1.jpg", "/html/2.jpg", "/good/3.jpg"), encoding="utf-8")
+    assert ExitStatus.INCOMPLETE == main(["run", "--config", str(config), "-q", str(posts)])
+    opts = ["run", "--config", str(config), "-q", "--retry-reason", "http-404", str(posts)]
+    main(opts)
+    assert 2 == net.hits["http://origin.example/dead/1.jpg"]
+    assert 1 == net.hits["http://origin.example/html/2.jpg"]
+    main(["run", "--config", str(config), "-q", "--only-failed", str(posts)])
+    assert (3, 2, 1) == (
+        net.hits["http://origin.example/dead/1.jpg"],
+        net.hits["http://origin.example/html/2.jpg"],
+        net.hits["http://origin.example/good/3.jpg"],
+    )
+
+
+def test_on_failure_unwrap(tmp_path: Path, net: Net) -> None:
+    """unwrap replaces a dead wrapper with its origin URL; mirrored ones get local URLs."""
+    config = config_file(tmp_path, net)
+    config.write_text(
+        config.read_text(encoding="utf-8") + '[rewrite]\non_failure = "unwrap"\n', encoding="utf-8"
+    )
+    posts = tmp_path / "posts"
+    posts.mkdir()
+    (posts / "a.md").write_text(post("/dead/1.jpg", "/good/2.jpg"), encoding="utf-8")
+    main(["run", "--config", str(config), "-q", str(posts)])
+    text = (posts / "a.md").read_text(encoding="utf-8")
+    assert '<img src="http://origin.example/dead/1.jpg"' in text
+    assert "proxy.example" not in text
+    assert re.search(r'src="/mirror/[0-9a-f]{2}/[0-9a-f]{64}\.jpg"', text)
+
+
+def test_refresh_after_revalidates_with_a_conditional_request(tmp_path: Path, net: Net) -> None:
+    """--refresh-after sends If-None-Match; the 304 downloads nothing and keeps the object."""
+    config = config_file(tmp_path, net)
+    posts = tmp_path / "posts"
+    posts.mkdir()
+    (posts / "a.md").write_text(post("/good/1.jpg"), encoding="utf-8")
+    main(["fetch", "--config", str(config), "-q", str(posts)])
+    url = "http://origin.example/good/1.jpg"
+    before = rows(tmp_path)[url]
+    time.sleep(1.1)
+    assert ExitStatus.OK == main(
+        ["fetch", "--config", str(config), "-q", "--refresh-after", "1s", str(posts)]
+    )
+    after = rows(tmp_path)[url]
+    assert 2 == net.hits[url]
+    assert ETAG == net.headers[url]["If-None-Match"]
+    assert (before.sha256, "mirrored") == (after.sha256, after.status)
+    assert after.last_attempt > before.last_attempt
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from mirror.lock import StoreLock
+with StoreLock(Path(sys.argv[1]), "test holder"):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_store_lock_between_two_processes(tmp_path: Path, net: Net) -> None:
+    """A second writer exits at once naming the lock; a SIGKILLed holder's lock is taken over."""
+    config = config_file(tmp_path, net)
+    posts = tmp_path / "posts"
+    posts.mkdir()
+    (posts / "a.md").write_text(post("/good/1.jpg"), encoding="utf-8")
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path / "cache")], stdout=subprocess.PIPE, text=True
+    ) as holder:
+        assert holder.stdout is not None
+        assert "held" == holder.stdout.readline().strip()
+        command = [sys.executable, "-m", "mirror", "run", "--config", str(config), str(posts)]
+        started = time.monotonic()
+        second = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+        assert time.monotonic() - started < 30
+        assert 0 != second.returncode
+        assert str(tmp_path / "cache" / "mirror.lock") in second.stderr
+        assert f"pid {holder.pid}" in second.stderr
+        holder.kill()
+        holder.wait(timeout=10)
+        third = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+        assert 0 == third.returncode, third.stderr
+        assert "took over" in third.stderr
+
+
+def test_every_runs_again_and_stops_on_sigterm(tmp_path: Path, net: Net) -> None:
+    """--every picks up a new post on the next run and ends cleanly on SIGTERM while sleeping."""
+    config = config_file(tmp_path, net)
+    posts = tmp_path / "posts"
+    posts.mkdir()
+    (posts / "a.md").write_text(post("/good/1.jpg"), encoding="utf-8")
+    command = [sys.executable, "-m", "mirror", "run", "--config", str(config), "--every", "1s"]
+    with subprocess.Popen([*command, str(posts)], stderr=subprocess.PIPE, text=True) as job:
+        try:
+            deadline = time.monotonic() + 30
+            while "/mirror/" not in (posts / "a.md").read_text(encoding="utf-8"):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            (posts / "b.md").write_text(post("/good/2.jpg"), encoding="utf-8")
+            while "/mirror/" not in (posts / "b.md").read_text(encoding="utf-8"):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            job.send_signal(signal.SIGTERM)
+            assert job.wait(timeout=30) in (ExitStatus.OK, ExitStatus.INTERRUPTED)
+            assert job.stderr is not None
+        finally:
+            job.kill()  # no-op once it exited; never leave it running
+        assert "next run at" in job.stderr.read()
+
+
+MEASURE = """
+import asyncio, resource, sys
+from pathlib import Path
+from mirror.config import load_config
+from mirror.pipeline import Job
+summary = asyncio.run(Job(load_config(Path(sys.argv[1])), rewrite=False).run([Path(sys.argv[2])]))
+print(summary.posts, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def _peak_kib(config: Path, posts: Path) -> tuple[int, int]:
+    result = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(config), str(posts)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    count, peak = result.stdout.split()
+    return int(count), int(peak)
+
+
+def test_memory_stays_flat_as_the_archive_grows(tmp_path: Path, net: Net) -> None:
+    """Peak RSS of a fetch over 5,000 posts is within a few MB of one over 1,000."""
+    config = config_file(tmp_path, net)
+    peaks = []
+    for count in (1000, 5000):
+        posts = tmp_path / f"posts{count}"
+        posts.mkdir()
+        for n in range(count):
+            (posts / f"p{n}.md").write_text(
+                post(f"/dead/{count}-{n}.jpg") + "words " * 200, encoding="utf-8"
+            )
+        seen, peak = _peak_kib(config, posts)
+        assert count == seen
+        peaks.append(peak)
+    assert peaks[1] - peaks[0] < 16 * 1024, peaks
