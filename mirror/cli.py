@@ -440,7 +440,7 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> ExitStatus:
     """Serve /?<url> and stored objects until SIGTERM."""
     overrides = {
         name: getattr(args, name)
-        for name in ("host", "port", "workers", "open")
+        for name in ("host", "port", "workers", "open", "accel_redirect")
         if getattr(args, name) is not None
     }
     config = dataclasses.replace(config, serve=dataclasses.replace(config.serve, **overrides))
@@ -597,6 +597,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="worker processes (default serve.workers, 1)")
     serve.add_argument(
         "--open", action="store_true", default=None, help="serve any image URL (serve.open)"
+    )
+    serve.add_argument(
+        "--accel-redirect",
+        metavar="PREFIX",
+        help="behind nginx: answer /?<url> hits with X-Accel-Redirect: PREFIX<ab>/<sha>.<ext>",
     )
     serve.add_argument("--worker-of", help=argparse.SUPPRESS)
     serve.set_defaults(handler=cmd_serve)

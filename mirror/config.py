@@ -220,6 +220,7 @@ class ServeConfig:
     negative_ttl: float = 60.0
     min_free_bytes: int = 256 * MiB
     refresh_interval: float = 1.0
+    accel_redirect: str = ""
 
     def __post_init__(self) -> None:
         _need("serve.host", bool(self.host), "must not be empty")
@@ -237,6 +238,8 @@ class ServeConfig:
                 ipaddress.ip_network(network, strict=False)
             except ValueError as exc:
                 raise ConfigError("serve.admin_networks", f"{network!r}: {exc}") from exc
+        ok = not self.accel_redirect or re.fullmatch(r"/[\w./-]*/", self.accel_redirect) is not None
+        _need("serve.accel_redirect", ok, "must be a path like /_mirror_objects/")
         for name in ("fallback_proxy", "public_url"):
             value = getattr(self, name)
             ok = not value or re.match(r"https?://[^/?#]+", value) is not None

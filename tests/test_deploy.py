@@ -156,7 +156,8 @@ def test_compose_nginx(compose: dict[str, Any]) -> None:
     # The server file's upstream and object root are this file's service, port and volume.
     text = NGINX_CONF.read_text(encoding="utf-8")
     assert f"set $mirror_upstream {UPSTREAM};" in text
-    assert f"root {STORE}/objects;" in text
+    assert f"root {STORE};" in text
+    assert ["--accel-redirect", "/objects/"] == compose["services"]["serve"]["command"][-2:]
     assert "8080" in compose["services"]["serve"]["expose"]
 
 
@@ -330,7 +331,7 @@ def _nginx() -> str:
 
 
 def _object_location(text: str) -> str:
-    start = text.index('location ~ "^/mirror/')
+    start = text.index("location /objects/ {")
     return text[start : text.index("\n    }\n", start)]
 
 
@@ -546,7 +547,7 @@ def test_nginx_in_front_of_mirror_serve(
             {
                 "listen 80;": f"listen 127.0.0.1:{port};",
                 UPSTREAM: f"http://127.0.0.1:{serve_port}",
-                f"root {STORE}/objects;": f"root {store}/objects;",
+                f"root {STORE};": f"root {store};",
                 "/var/log/nginx/access.log": str(prefix / "logs" / "access.log"),
             },
         )
@@ -573,20 +574,27 @@ def _check_through_nginx(port: int, sha: str, png: bytes, temporary: Path) -> No
     status, _, _ = request(port, path, headers={"If-None-Match": headers["ETag"]})
     assert 304 == status
 
-    # A missing object: nginx asks mirror serve (@mirror), whose 404 says why.
+    # A missing object: nginx's own 404 (mirror serve has nothing more: the same store).
     missing = "0" * 64
     status, headers, _ = request(port, f"/mirror/00/{missing}.png")
-    assert (404, "not-found") == (status, headers.get("X-Mirror-Reason"))
+    assert (404, None) == (status, headers.get("X-Mirror-Reason"))
+    # The internal location is not reachable from outside.
+    assert 404 == request(port, f"/objects/{sha[:2]}/{sha}.png")[0]
     # A store temporary (being written, or left by a crash) is there, but not an object's name.
     status, _, body = request(port, f"/mirror/{sha[:2]}/{temporary.name}")
     assert 404 == status
     assert png != body
 
-    # The proxy form, raw and percent-encoded: mirror serve answers (its ETag is the sha256), so
-    # nginx passed the inner URL on as sent, its own query and %2F intact.
+    # The proxy form, raw and percent-encoded: mirror serve finds the object (so nginx passed the
+    # inner URL on as sent, its own query and %2F intact) and hands the file back to nginx with
+    # X-Accel-Redirect: nginx's ETag, the safe headers, and no X-Accel-Redirect leaking out.
     for query in (SOURCE, "http%3A%2F%2Forigin.example%2Fimg.png%3Fx%3D1%26y%3D%252F"):
         status, headers, body = request(port, f"/?{query}")
-        assert (200, png, f'"{sha}"') == (status, body, headers.get("ETag")), query
+        assert (200, png) == (status, body), query
+        assert f'"{sha}"' != headers.get("ETag")
+        assert "X-Accel-Redirect" not in headers
+        assert {**SAFE_HEADERS, "Cache-Control": IMMUTABLE}.items() <= headers.items()
+        assert "image/png" == headers["Content-Type"]
     status, headers, _ = request(port, "/?http://origin.example/other.png")
     assert (404, "unknown-url") == (status, headers.get("X-Mirror-Reason"))
 

@@ -510,3 +510,20 @@ async def test_admin_routes_are_limited_to_admin_networks(
     assert 403 == (await client.get("/metrics")).status
     assert 403 == (await client.get("/")).status
     assert 200 == (await client.get("/healthz")).status
+
+
+async def test_accel_redirect_hands_hits_to_nginx(
+    upstream: Upstream, root: Path, png_bytes: bytes, make_client: MakeClient
+) -> None:
+    """With serve.accel_redirect a hit is an empty answer naming the file for nginx to send."""
+    source = upstream.url("/img.png")
+    sha = remember(root, source, png_bytes)
+    config = serve_config(upstream.config(), root, accel_redirect="/objects/")
+    client = await make_client(config)
+    response = await client.get(f"/?{source}")
+    assert (200, b"") == (response.status, await response.read())
+    assert f"/objects/{sha[:2]}/{sha}.png" == response.headers["X-Accel-Redirect"]
+    assert "image/png" == response.headers["Content-Type"]
+    missing = await client.get(f"/?{upstream.url('/other.png')}")
+    assert 404 == missing.status
+    assert "X-Accel-Redirect" not in missing.headers
