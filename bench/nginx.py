@@ -64,6 +64,7 @@ http {{
     fastcgi_temp_path "{prefix}/temp/fastcgi";
     uwsgi_temp_path "{prefix}/temp/uwsgi";
     scgi_temp_path "{prefix}/temp/scgi";
+{http_extra}
     server {{
         listen {host}:{port} reuseport;
         server_name localhost;
@@ -154,7 +155,8 @@ class Nginx:
 
     ``aliases`` maps a URL prefix ending in ``/`` to a folder (``location P { alias F/; }``);
     ``connections`` is per worker (over ``ulimit -n`` nginx warns); ``extra`` is inserted verbatim
-    into the ``server`` block (more locations, proxy_pass...).
+    into the ``server`` block (more locations, proxy_pass...), ``http_extra`` into ``http``
+    (an ``upstream`` block).
     """
 
     name = "nginx"
@@ -168,6 +170,7 @@ class Nginx:
         workers: int = 2,
         connections: int = 1024,
         extra: str = "",
+        http_extra: str = "",
         binary: str = NGINX,
         start_timeout: float = 10.0,
     ) -> None:
@@ -177,6 +180,7 @@ class Nginx:
         self.workers = workers
         self.connections = connections
         self.extra = extra
+        self.http_extra = http_extra
         self.binary = binary
         self.start_timeout = start_timeout
         self.process: subprocess.Popen[bytes] | None = None
@@ -227,6 +231,7 @@ class Nginx:
             port=self.port,
             locations="\n".join(locations),
             extra=self.extra,
+            http_extra=self.http_extra,
         )
 
     def start(self) -> None:

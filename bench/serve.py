@@ -356,6 +356,14 @@ class Bench:
             self.scenarios.append(
                 Scenario(f"mirror /?... x{count}", mirror.port, "/", m_all, n_all)
             )
+            front = self.front(args)
+            self.problems += check(
+                front.port, [f"/?{main}", *self.queries], [self.shas[at], *self.shas]
+            )
+            self.scenarios += [
+                Scenario(f"nginx+mirror /?{main}", front.port, f"/?{main}", None, n_one),
+                Scenario(f"nginx+mirror /?... x{count}", front.port, "/", m_all, n_all),
+            ]
         for sc in self.scenarios if args.warmup else []:
             sc.load(args, args.warmup)
         for number in range(args.runs):
@@ -365,6 +373,31 @@ class Bench:
                     self.problems.append(f"FAILED RUN {sc.label}:\n{sc.results[-1].output}")
         for server in self.servers:
             server.stop()
+
+    def front(self, args: argparse.Namespace) -> Nginx:
+        """The production layout: nginx in front, mirror serve looking /?<url> up and handing
+        the file back with X-Accel-Redirect (deploy/nginx.conf's arrangement)."""
+        mirror = MirrorServe(
+            self.root / "store",
+            "front",
+            ["--workers", str(args.workers), "--accel-redirect", "/objects/"],
+        )
+        self.servers.append(mirror)
+        mirror.start()
+        objects = self.root / "store" / "objects"
+        extra = f"""
+        location /objects/ {{ internal; alias "{objects}/"; }}
+        location = / {{
+            proxy_pass http://mirror_serve;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}"""
+        upstream = f"    upstream mirror_serve {{ server {HOST}:{mirror.port}; keepalive 64; }}"
+        nginx = Nginx(self.root / "front", free_port(), {}, extra=extra, http_extra=upstream)
+        self.servers.append(nginx)
+        nginx.start()
+        COMMANDS.append(shlex.join(nginx.command()))
+        return nginx
 
     def cold_misses(self) -> None:
         """Start `mirror serve --open` on an empty store and request every URL once."""
