@@ -17,7 +17,6 @@ What counts, and the ``where`` vocabulary the reports use:
 
 from __future__ import annotations
 
-import bisect
 import html
 import re
 from collections.abc import Iterator
@@ -311,7 +310,6 @@ class Extractor:
         )
 
     def _classify(self, text: str, post: str, found: list[_Found]) -> list[ImageRef]:
-        line_starts = [m.end() for m in re.finditer("\n", text)]
         classified = []
         image_sources = set()
         for item in found:
@@ -334,7 +332,7 @@ class Extractor:
             refs.append(
                 ImageRef(
                     post=post,
-                    line=bisect.bisect_right(line_starts, item.start) + 1,
+                    line=text.count("\n", 0, item.start) + 1,
                     start=item.start,
                     end=item.end,
                     url=text[item.start : item.end],

@@ -60,6 +60,46 @@ _ATTR_GAP = re.compile(r"[\t\n\f\r /]*")
 _ATTR_NAME = re.compile(r"[^\t\n\f\r />][^\t\n\f\r /=>]*")
 _ATTR_EQ = re.compile(r"[\t\n\f\r ]*=[\t\n\f\r ]*")
 _UNQUOTED = re.compile(r"[^\t\n\f\r >]*")
+# The whole of what parse_tag's loop accepts, in one C-level match. Every step is atomic
+# (possessive), and a name followed by "=" must take a value, so the regex can never find a
+# parse the loop would not (tests/test_markup.py compares them).
+_WS = r"[\t\n\f\r ]"
+
+
+def _tag_pattern(gap: str, name: str, rest: str, dq: str, sq: str, unq: str) -> str:
+    value = f'(?:"{dq}*+"|\'{sq}*+\'|(?![\"\']){unq}*+)'
+    attr = f"(?>{gap}*+{name}{rest}*+(?:(?>{_WS}*+={_WS}*+{value})|(?!{_WS}*+=)))"
+    return f"(?=[\\t\\n\\f\\r />]){attr}*+{gap}*+>"
+
+
+_WHOLE_TAG = re.compile(
+    r"<(/?)([A-Za-z][A-Za-z0-9-]*)"
+    + _tag_pattern(
+        r"[\t\n\f\r /]", r"[^\t\n\f\r />]", r"[^\t\n\f\r /=>]", r'[^"]', r"[^']", r"[^\t\n\f\r >]"
+    )
+)
+# One attribute of a tag _WHOLE_TAG accepted: name, then a "-, '- or un-quoted value.
+_ATTR = re.compile(
+    r"[\t\n\f\r /]*+([^\t\n\f\r />][^\t\n\f\r /=>]*+)"
+    r"(?:[\t\n\f\r ]*+=[\t\n\f\r ]*+(?:\"([^\"]*+)\"|'([^']*+)'|([^\t\n\f\r >]*+)))?"
+)
+_QUOTE_BY_GROUP = {1: "", 2: '"', 3: "'", 4: ""}
+# A run of text and of tags that can hold no URL (no "//", no "&") and do not change what is code:
+# what the HTML walk steps over without looking. A "/" is allowed only when no "/" follows.
+_NO_SLASHES = r"|/(?!/))"
+_SKIP = re.compile(
+    r"(?:[^<]++|<(?![A-Za-z/!?])|</?(?!(?i:code|script|style|textarea|title|xmp|iframe|noembed"
+    r"|noframes)[\t\n\f\r />])[A-Za-z][A-Za-z0-9-]*"
+    + _tag_pattern(
+        r"(?:[\t\n\f\r ]" + _NO_SLASHES,
+        r"[^\t\n\f\r />&]",
+        r"[^\t\n\f\r /=>&]",
+        r'(?:[^"&/]' + _NO_SLASHES,
+        r"(?:[^'&/]" + _NO_SLASHES,
+        r"(?:[^\t\n\f\r >&/]" + _NO_SLASHES,
+    )
+    + r")*+"
+)
 _INLINE = re.compile(r"`+|<(?=[A-Za-z/!?])|!\[")
 _MD_IMAGE = re.compile(
     r"""!\[(?:[^\[\]\\]|\\.|\[(?:[^\[\]\\]|\\.)*\])*\]
@@ -159,7 +199,38 @@ def parse_tag(text: str, start: int, end: int) -> tuple[Tag | None, int, bool]:
         (tag, next position, is_end_tag); tag is None when the text there is not a tag (it is
         then plain text, as ``<<a`` is in HTML) or when it is an end tag (the name is in a Tag
         with no attributes).
+
+    Most tags (``<p>``, ``<span style="...">``) can hold no remote URL: without ``//`` there is
+    no absolute or scheme-relative URL, and without ``&`` no entity can spell one. Those are
+    matched whole by one regex and returned without attributes; only the others are walked
+    attribute by attribute (tests/test_markup.py checks both ways agree).
     """
+    whole = _WHOLE_TAG.match(text, start, end)
+    if whole is None:
+        return parse_tag_attrs(text, start, end)
+    stop = whole.end()
+    name, closing = whole.group(2).lower(), whole.group(1) == "/"
+    if text.find("//", start, stop) < 0 and text.find("&", start, stop) < 0:
+        return Tag(name, start, stop, ()), stop, closing
+    attrs: list[Attr] = []
+    seen: set[str] = set()
+    # The regex has proved the tag well formed, so its attributes can be read in one pass.
+    for attr in _ATTR.finditer(text, whole.end(2), stop - 1):
+        attr_name = attr.group(1).lower()
+        if attr_name in seen:
+            continue
+        seen.add(attr_name)
+        group = attr.lastindex or 1
+        quote = _QUOTE_BY_GROUP[group]
+        if group == 1:
+            attrs.append(Attr(attr_name, -1, -1, ""))
+        else:
+            attrs.append(Attr(attr_name, attr.start(group), attr.end(group), quote))
+    return Tag(name, start, stop, tuple(attrs)), stop, closing
+
+
+def parse_tag_attrs(text: str, start: int, end: int) -> tuple[Tag | None, int, bool]:
+    """:func:`parse_tag` without the shortcut: every attribute, with its value's offsets."""
     opened = _TAG_OPEN.match(text, start, end)
     if opened is None:
         return None, start + 1, False
@@ -242,14 +313,18 @@ class Lexer:
         if tag.name == "code":
             self._code_depth += 1
             return None, after
-        return (None if self._code_depth else tag), after
+        # A tag without attributes (or shortcut by parse_tag) holds no URL: not an event.
+        return (None if self._code_depth or not tag.attrs else tag), after
 
     def _html(self, start: int, end: int) -> Iterator[Event]:
         text = self.text
+        skip = _SKIP.match
         pos = start
+        # Each pass consumes at least one character (skip, or _tag_at at a "<"): bounded.
         while True:
-            pos = text.find("<", pos, end)
-            if pos < 0:
+            # Most of a post (text, and tags that hold no URL and are not code) in one C call.
+            pos = skip(text, pos, end).end()  # type: ignore[union-attr]  # matches empty
+            if pos >= end:
                 return
             tag, pos = self._tag_at(pos, end)
             if tag is not None:

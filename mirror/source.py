@@ -28,6 +28,8 @@ _IMAGE_PATH = re.compile(
 _WRAPPER_BASE = re.compile(r"https?://[^/?#@\s]+(?:/[^?#\s]*)?\??", re.IGNORECASE)
 # Nested wrappers exist (a weserv URL put through the worker); unwrapping is bounded.
 _MAX_NESTING = 3
+# classify results remembered per Classifier; cleared when full, so memory stays bounded.
+_MEMO = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,9 +108,16 @@ class Classifier:
 
     def __init__(self, wrappers: tuple[str, ...]) -> None:
         self._wrappers = tuple(re.compile(p, re.IGNORECASE) for p in wrappers)
+        # All patterns as one, without their groups: a URL no wrapper can match (most raw
+        # references) is told apart in one C-level match instead of one per pattern.
+        anonymous = (re.sub(r"\(\?P<\w+>", "(?:", p) for p in wrappers)
+        self._any = re.compile("|".join(f"(?:{p})" for p in anonymous), re.IGNORECASE)
+        self._memo: dict[str, Classified | None] = {}
 
     def unwrap(self, url: str) -> str | None:
         """Return the inner URL when ``url`` is a wrapper, else None."""
+        if self._any.match(url) is None:
+            return None
         for pattern in self._wrappers:
             match = pattern.match(url)
             if match is not None and match["url"]:
@@ -123,10 +132,21 @@ class Classifier:
             None for relative, data: and other non-http URLs, and for wrappers whose inner URL
             is not an absolute http(s) URL.
         """
+        # Posts repeat URLs (headimg, thumbnail and the first <img>; src and data-original).
+        try:
+            return self._memo[decoded]
+        except KeyError:
+            pass
+        if len(self._memo) >= _MEMO:
+            self._memo.clear()
+        found = self._memo[decoded] = self._classify(decoded)
+        return found
+
+    def _classify(self, decoded: str) -> Classified | None:
         url = decoded.strip(" \t\n\r\f")
         inner = self.unwrap(url)
         if inner is None:
-            if any(p.match(url + "http://x") for p in self._wrappers):
+            if self._any.match(url + "http://x") is not None:
                 return None  # a wrapper with nothing inside: not an image anywhere
             source = normalize(_absolute(url))
             return None if source is None else Classified(source, proxied=False)
