@@ -67,7 +67,7 @@ _WS = r"[\t\n\f\r ]"
 
 
 def _tag_pattern(gap: str, name: str, rest: str, dq: str, sq: str, unq: str) -> str:
-    value = f'(?:"{dq}*+"|\'{sq}*+\'|(?![\"\']){unq}*+)'
+    value = f"(?:\"{dq}*+\"|'{sq}*+'|(?![\"']){unq}*+)"
     attr = f"(?>{gap}*+{name}{rest}*+(?:(?>{_WS}*+={_WS}*+{value})|(?!{_WS}*+=)))"
     return f"(?=[\\t\\n\\f\\r />]){attr}*+{gap}*+>"
 
