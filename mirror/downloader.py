@@ -34,10 +34,9 @@ from dataclasses import dataclass
 from mirror.config import Config, ProfileConfig
 from mirror.errors import FetchError, MirrorError, PolicyError, VerifyError
 from mirror.fetch import Fetcher
-from mirror.manifest import Attempt, Manifest
+from mirror.manifest import Attempt, Manifest, SourceResult
 from mirror.models import ImageRef, StoredObject
-from mirror.resolver import host_allowed
-from mirror.source import hostname, origin_host
+from mirror.source import host_allowed, hostname, origin_host
 from mirror.store import LocalStore
 from mirror.verify import verify
 
@@ -64,14 +63,40 @@ class Outcome:
     next_attempt: float | None = None
     etag: str | None = None
     last_modified: str | None = None
+    http_status: int = 200
+
+    def result(self, source: str, now: float) -> SourceResult:
+        """The manifest row this outcome of ``source`` makes."""
+        obj = self.obj
+        return SourceResult(
+            source=source,
+            status=self.status,
+            reason=self.reason,
+            sha256=obj.sha256 if obj else None,
+            ext=obj.ext if obj else None,
+            size=obj.size if obj else None,
+            format=self.format,
+            width=self.width,
+            height=self.height,
+            fetched_from=self.fetched_from,
+            attempts=self.attempts,
+            etag=self.etag,
+            last_modified=self.last_modified,
+            attempted_at=now,
+            next_attempt=self.next_attempt,
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class Context:
-    """What a source's post says besides the references: alternates and the post's date."""
+    """
+    What a source's post says besides the references: alternates and the post's date; and,
+    for ``serve``, the proxy to try (a post's own wrapper comes from its references).
+    """
 
     alternates: tuple[str, ...] = ()
     date: str | None = None
+    proxy: str | None = None
 
 
 def wayback_url(source: str, date: str | None, now: float) -> str:
@@ -89,7 +114,7 @@ def candidates(
         if name == "origin":
             found.append((name, source))
         elif name == "proxy":
-            wrapper = next((r.decoded.strip() for r in refs if r.proxied), None)
+            wrapper = next((r.decoded.strip() for r in refs if r.proxied), context.proxy)
             if wrapper is not None:
                 found.append((name, wrapper))
         elif name == "https" and source.startswith("http://"):
@@ -117,8 +142,12 @@ class Downloader:
         store: LocalStore,
         manifest: Manifest,
         clock: Callable[[], float] = time.time,
+        *,
+        breaker: bool = True,
     ) -> None:
         self.config = config
+        # Per run; a long-lived serve has its negative cache instead.
+        self.breaker = breaker
         self.fetcher = fetcher
         self.store = store
         self.manifest = manifest
@@ -218,11 +247,11 @@ class Downloader:
                     last_modified=download.last_modified if name == "origin" else None,
                 )
         status = "blocked" if isinstance(first, PolicyError) else "failed"
-        reason = first.reason if first else "no-source"
-        return Outcome(status, reason, attempts=tuple(attempts))
+        reason, code = (first.reason, first.http_status) if first else ("no-source", 404)
+        return Outcome(status, reason, attempts=tuple(attempts), http_status=code)
 
     def _failed(self, host: str, reason: str) -> None:
-        if _HOST_LEVEL.fullmatch(reason) is None:
+        if not self.breaker or _HOST_LEVEL.fullmatch(reason) is None:
             return
         self._streak[host] += 1
         if self._streak[host] >= self.config.fetch.host_failures and host not in self._down:

@@ -447,25 +447,7 @@ class Job:
                 last_modified=fallback.last_modified,
                 fetched_from=fallback.fetched_from,
             )
-        self._pending.append(
-            SourceResult(
-                source=source,
-                status=outcome.status,
-                reason=outcome.reason,
-                sha256=obj.sha256 if obj else None,
-                ext=obj.ext if obj else None,
-                size=obj.size if obj else None,
-                format=outcome.format,
-                width=outcome.width,
-                height=outcome.height,
-                fetched_from=outcome.fetched_from,
-                attempts=outcome.attempts,
-                etag=outcome.etag,
-                last_modified=outcome.last_modified,
-                attempted_at=now,
-                next_attempt=outcome.next_attempt,
-            )
-        )
+        self._pending.append(dataclasses.replace(outcome, obj=obj).result(source, now))
         if len(self._pending) >= BATCH:
             self._flush()
 

@@ -23,13 +23,11 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from mirror.catalog import Catalog, Entry
 from mirror.config import Config
-from mirror.errors import FetchError, MirrorError, VerifyError
-from mirror.fetch import Fetcher
-from mirror.manifest import Attempt, Manifest, SourceResult
+from mirror.downloader import Context, Downloader
+from mirror.manifest import Manifest, SourceResult
 from mirror.metrics import Metrics
-from mirror.source import hostname, origin_host
+from mirror.source import host_allowed, hostname, origin_host
 from mirror.store import LocalStore
-from mirror.verify import verify
 
 log = logging.getLogger(__name__)
 
@@ -136,20 +134,6 @@ class SingleFlight(Generic[T]):
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
-    """Tell whether ``host`` is in the allowlist (empty allows all; ``*.x`` matches subdomains)."""
-    if not allowed:
-        return True
-    host = host.lower()
-    for pattern in allowed:
-        if pattern.startswith("*."):
-            if host.endswith(pattern[1:]):
-                return True
-        elif host == pattern:
-            return True
-    return False
-
-
 class Resolver:
     """The one owner of upstream fetching for a ``serve`` (see the module docstring)."""
 
@@ -159,7 +143,7 @@ class Resolver:
         *,
         store: LocalStore,
         manifest: Manifest,
-        fetcher: Fetcher,
+        downloader: Downloader,
         catalog: Catalog,
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
@@ -167,7 +151,7 @@ class Resolver:
         self.config = config
         self.store = store
         self.manifest = manifest
-        self.fetcher = fetcher
+        self.downloader = downloader
         self.catalog = catalog
         self.metrics = metrics
         self.clock = clock
@@ -211,49 +195,23 @@ class Resolver:
 
     async def _fetch(self, source: str) -> Resolution:
         started = self.clock()
-        urls = [("origin", source)]
-        if self.config.serve.fallback_proxy:
-            urls.append(("proxy", self.config.serve.fallback_proxy + source))
-        attempts: list[Attempt] = []
-        first: MirrorError | None = None
-        for name, url in urls:
-            try:
-                download = await self.fetcher.get(url, limit_key=origin_host(source))
-                info = verify(download.data, self.config.verify, None, None)
-                obj = await asyncio.to_thread(
-                    self.store.put, download.data, download.sha256, info.ext
-                )
-            except (FetchError, VerifyError) as exc:
-                attempts.append(Attempt(name, url, exc.reason))
-                first = first or exc
-                continue
-            attempts.append(Attempt(name, url, "ok"))
-            result = SourceResult(
-                source=source,
-                status="mirrored",
-                sha256=obj.sha256,
-                ext=obj.ext,
-                size=obj.size,
-                format=info.format,
-                width=info.width,
-                height=info.height,
-                fetched_from=name,
-                attempts=tuple(attempts),
-                etag=download.etag,
-                last_modified=download.last_modified,
-            )
-            await self._record(source, result)
+        fallback = self.config.serve.fallback_proxy
+        context = Context(proxy=fallback + source if fallback else None)
+        outcome = await self.downloader.download(source, [], context, {}, names=("origin", "proxy"))
+        obj = outcome.obj
+        if obj is not None:
+            await self._record(source, outcome.result(source, time.time()))
             entry = Entry(obj.sha256, obj.ext, obj.size)
             self.catalog.add(source, entry)
             self._failures.pop(source, None)
             self._observe(started, "ok", "ok")
             return Resolution(200, entry=entry)
-        assert first is not None  # the origin is always tried
-        log.info("serve: %s failed: %s", source, first)
+        reason = outcome.reason or "error"
+        log.info("serve: %s failed: %s", source, reason)
         # Only the reason goes back: exception texts can quote what the upstream sent.
-        resolution = Resolution(first.http_status, first.reason, f"upstream failed: {first.reason}")
+        resolution = Resolution(outcome.http_status, reason, f"upstream failed: {reason}")
         self._remember(source, resolution)
-        self._observe(started, "failed", first.reason)
+        self._observe(started, "failed", reason)
         return resolution
 
     async def _record(self, source: str, result: SourceResult) -> None:

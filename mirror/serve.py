@@ -39,6 +39,7 @@ from aiohttp.abc import AbstractResolver
 
 from mirror.catalog import Catalog, Entry
 from mirror.config import Config
+from mirror.downloader import Downloader
 from mirror.errors import MirrorError
 from mirror.fetch import Fetcher
 from mirror.manifest import Manifest, manifest_path
@@ -334,7 +335,7 @@ async def local_resolver(
                 config,
                 store=store,
                 manifest=manifest,
-                fetcher=fetcher,
+                downloader=Downloader(config, fetcher, store, manifest, breaker=False),
                 catalog=catalog,
                 metrics=Metrics(),
             )

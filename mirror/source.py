@@ -177,3 +177,17 @@ def origin_host(source: str) -> str:
     """Return the host (with a non-default port) of a normalized source URL."""
     rest = source.split("://", 1)[-1]
     return re.split(r"[/?#]", rest, maxsplit=1)[0].rsplit("@", 1)[-1]
+
+
+def host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
+    """Tell whether ``host`` is in the allowlist (empty allows all; ``*.x`` matches subdomains)."""
+    if not allowed:
+        return True
+    host = host.lower()
+    for pattern in allowed:
+        if pattern.startswith("*."):
+            if host.endswith(pattern[1:]):
+                return True
+        elif host == pattern:
+            return True
+    return False
