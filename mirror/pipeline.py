@@ -97,7 +97,16 @@ def _context(source: str, refs: list[ImageRef], date: str | None) -> Context:
 def _outcome_from_row(row: SourceRow) -> Outcome:
     obj = StoredObject(row.sha256 or "", row.ext or "", row.size or 0, "")
     return Outcome(
-        "mirrored", None, obj, row.format, row.width, row.height, row.fetched_from, row.attempts
+        "mirrored",
+        None,
+        obj,
+        row.format,
+        row.width,
+        row.height,
+        row.fetched_from,
+        row.attempts,
+        etag=row.etag,
+        last_modified=row.last_modified,
     )
 
 
@@ -421,33 +430,18 @@ class Job:
         outcome = await self._downloader.download(source, refs, context, headers, names=("origin",))
         if outcome.obj is None:
             # 304, or the origin failed: the stored copy stands (the manifest keeps it too).
-            fresh = outcome.status == "mirrored"
-            result = dataclasses.replace(kept, reason=outcome.reason, attempts=outcome.attempts)
-            if not fresh:
-                result = dataclasses.replace(
-                    outcome, next_attempt=now + self.config.fetch.failure_backoff
-                )
-            self._record(source, result, now, fallback=row)
+            if outcome.status == "mirrored":
+                result = dataclasses.replace(kept, reason=outcome.reason, attempts=outcome.attempts)
+            else:
+                due = now + self.config.fetch.failure_backoff
+                result = dataclasses.replace(outcome, next_attempt=due)
+            self._record(source, result, now)
             return kept
         self._record(source, outcome, now)
         return outcome
 
-    def _record(
-        self, source: str, outcome: Outcome, now: float, fallback: SourceRow | None = None
-    ) -> None:
-        obj = outcome.obj
-        if obj is None and outcome.status == "mirrored" and fallback is not None:
-            obj = StoredObject(fallback.sha256 or "", fallback.ext or "", fallback.size or 0, "")
-            outcome = dataclasses.replace(
-                outcome,
-                format=fallback.format,
-                width=fallback.width,
-                height=fallback.height,
-                etag=fallback.etag,
-                last_modified=fallback.last_modified,
-                fetched_from=fallback.fetched_from,
-            )
-        self._pending.append(dataclasses.replace(outcome, obj=obj).result(source, now))
+    def _record(self, source: str, outcome: Outcome, now: float) -> None:
+        self._pending.append(outcome.result(source, now))
         if len(self._pending) >= BATCH:
             self._flush()
 
