@@ -23,95 +23,104 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from mirror import __version__
-from mirror.audit import collect, verify
 from mirror.config import Config, load_config, parse_duration, with_public_wrapper
-from mirror.demo import demo_origin
 from mirror.errors import ExitStatus, MirrorError, UsageError
-from mirror.export import export
 from mirror.extract import Extractor
 from mirror.lock import LockedError, StoreLock, command_line
 from mirror.log import configure_logging
 from mirror.manifest import Manifest, manifest_path
 from mirror.models import ImageRef, Post, Span
-from mirror.pipeline import Job, RunSummary
-from mirror.report import DEFAULT_GALLERY, write_report
-from mirror.revert import revert
 from mirror.rewrite import decode, rewrap, rewrite
 from mirror.scan import find_posts, iter_posts, write_post
 from mirror.source import origin_host, wrapper_base
-from mirror.workers import run_serve
+
+if TYPE_CHECKING:
+    from mirror.pipeline import Job, RunSummary
+
+# The commands that fetch, serve or draw import aiohttp and Pillow inside their handlers, so
+# `mirror scan` and `mirror rewrite` start in a fraction of the time.
 
 log = logging.getLogger("mirror.scan")
 
 Handler = Callable[[argparse.Namespace, Config], ExitStatus]
 
 
+# What json.dumps(..., ensure_ascii=False) uses for strings; calling it directly is several times
+# faster than json.dumps on a dict, with byte-identical output (tests/test_cli.py checks it).
+_JSON_STR = json.encoder.encode_basestring
+PLACE_WIDTH = 48
+WHERE_WIDTH = 24
+
+
 def _ref_json(ref: ImageRef) -> str:
-    return json.dumps(
-        {
-            "post": ref.post,
-            "line": ref.line,
-            "url": ref.url,
-            "decoded": ref.decoded,
-            "source": ref.source,
-            "where": ref.where,
-            "declared": list(ref.declared) if ref.declared else None,
-            "declared_kind": ref.declared_kind,
-            "proxied": ref.proxied,
-        },
-        ensure_ascii=False,
+    declared = f"[{ref.declared[0]}, {ref.declared[1]}]" if ref.declared else "null"
+    kind = "null" if ref.declared_kind is None else _JSON_STR(ref.declared_kind)
+    return (
+        f'{{"post": {_JSON_STR(ref.post)}, "line": {ref.line}, "url": {_JSON_STR(ref.url)}, '
+        f'"decoded": {_JSON_STR(ref.decoded)}, "source": {_JSON_STR(ref.source)}, '
+        f'"where": {_JSON_STR(ref.where)}, "declared": {declared}, "declared_kind": {kind}, '
+        f'"proxied": {"true" if ref.proxied else "false"}}}'
     )
 
 
-def _print_table(refs: list[ImageRef], posts: int, out: TextIO) -> None:
-    width = min(60, max((len(f"{r.post}:{r.line}") for r in refs), default=10))
-    where_width = max((len(r.where) for r in refs), default=5)
-    print(f"{'POST:LINE':<{width}}  {'WHERE':<{where_width}}  KIND     DECLARED   SOURCE", file=out)
-    for ref in refs:
-        place = f"{ref.post}:{ref.line}"
-        if len(place) > width:
-            place = "…" + place[-(width - 1) :]
-        declared = f"{ref.declared[0]}x{ref.declared[1]}" if ref.declared else "-"
-        kind = "wrapped" if ref.proxied else "raw"
-        print(
-            f"{place:<{width}}  {ref.where:<{where_width}}  {kind:<7}  {declared:<9}  {ref.source}",
-            file=out,
-        )
-    wrapped = sum(r.proxied for r in refs)
+def _table_row(ref: ImageRef) -> str:
+    place = f"{ref.post}:{ref.line}"
+    if len(place) > PLACE_WIDTH:
+        place = "…" + place[-(PLACE_WIDTH - 1) :]
+    declared = f"{ref.declared[0]}x{ref.declared[1]}" if ref.declared else "-"
+    kind = "wrapped" if ref.proxied else "raw"
+    return (
+        f"{place:<{PLACE_WIDTH}}  {ref.where:<{WHERE_WIDTH}}  {kind:<7}  {declared:<9}  "
+        f"{ref.source}"
+    )
+
+
+def _print_totals(
+    posts: int, by_where: Counter[str], wrapped_by_where: Counter[str], hosts: Counter[str]
+) -> None:
+    total, wrapped = sum(by_where.values()), sum(wrapped_by_where.values())
+    out = sys.stdout
     print(
-        f"\n{len(refs)} references in {posts} posts: {wrapped} wrapped, {len(refs) - wrapped} raw",
-        file=out,
+        f"\n{total} references in {posts} posts: {wrapped} wrapped, {total - wrapped} raw", file=out
     )
-    by_where = Counter(r.where for r in refs)
-    wrapped_by_where = Counter(r.where for r in refs if r.proxied)
     print("\nby where:", file=out)
     for where, count in by_where.most_common():
         print(
-            f"  {where:<{where_width}}  {count:>6}  ({wrapped_by_where[where]} wrapped)", file=out
+            f"  {where:<{WHERE_WIDTH}}  {count:>6}  ({wrapped_by_where[where]} wrapped)", file=out
         )
     print("\nby origin host:", file=out)
-    for host, count in Counter(origin_host(r.source) for r in refs).most_common():
+    for host, count in hosts.most_common():
         print(f"  {host:<40}  {count:>6}", file=out)
 
 
 def cmd_scan(args: argparse.Namespace, config: Config) -> ExitStatus:
-    """List every image reference under the given paths."""
+    """List every image reference under the given paths, streaming: memory stays flat."""
     extractor = Extractor(config.scan)
-    refs: list[ImageRef] = []
+    by_where: Counter[str] = Counter()
+    wrapped_by_where: Counter[str] = Counter()
+    hosts: Counter[str] = Counter()
     posts = 0
+    if not args.json:
+        header = (
+            f"{'POST:LINE':<{PLACE_WIDTH}}  {'WHERE':<{WHERE_WIDTH}}  KIND     DECLARED   SOURCE"
+        )
+        print(header, file=sys.stdout)
     for post in iter_posts(args.paths, config.scan):
         posts += 1
         found = extractor(decode(post.data), post.rel)
-        if args.json:
-            for ref in found:
-                print(_ref_json(ref), file=sys.stdout)
-        else:
-            refs.extend(found)
+        if not found:
+            continue
+        line = _ref_json if args.json else _table_row
+        sys.stdout.write("\n".join(map(line, found)) + "\n")
+        if not args.json:
+            by_where.update(r.where for r in found)
+            wrapped_by_where.update(r.where for r in found if r.proxied)
+            hosts.update(origin_host(r.source) for r in found)
     if not args.json:
-        _print_table(refs, posts, sys.stdout)
+        _print_totals(posts, by_where, wrapped_by_where, hosts)
     return ExitStatus.OK
 
 
@@ -229,6 +238,8 @@ def cmd_rewrite(args: argparse.Namespace, config: Config) -> ExitStatus:
 
 def _revert(args: argparse.Namespace, config: Config) -> ExitStatus:
     """Put back what mirror replaced in the posts, from the manifest's recorded spans."""
+    from mirror.revert import revert
+
     if args.map is not None or args.rewrap is not None or args.out is not None:
         raise UsageError("--revert cannot be combined with --map, --rewrap or --out")
 
@@ -247,6 +258,8 @@ def _care_output(lines: list[str], summary: list[str], quiet: bool) -> None:
 
 def cmd_verify(args: argparse.Namespace, config: Config) -> ExitStatus:
     """Re-hash every object and check it against the manifest; --repair fixes what it can."""
+    from mirror.audit import verify
+
     audit = verify(config, repair=args.repair)
     _care_output(audit.lines(), audit.summary(), args.quiet)
     return audit.exit_status
@@ -254,6 +267,8 @@ def cmd_verify(args: argparse.Namespace, config: Config) -> ExitStatus:
 
 def cmd_gc(args: argparse.Namespace, config: Config) -> ExitStatus:
     """List (--apply: delete) the objects no post under PATH needs."""
+    from mirror.audit import collect
+
     collection = collect(config, args.paths, apply=args.apply)
     _care_output(collection.lines(), collection.summary(), args.quiet)
     return ExitStatus.OK
@@ -261,6 +276,8 @@ def cmd_gc(args: argparse.Namespace, config: Config) -> ExitStatus:
 
 def cmd_export(args: argparse.Namespace, config: Config) -> ExitStatus:
     """Copy (--link: hard-link) the objects the posts need into DIR/objects/."""
+    from mirror.export import export
+
     exported = export(config, args.dir, args.paths, link=args.link)
     _care_output(exported.lines(), exported.summary(), args.quiet)
     return exported.exit_status
@@ -348,6 +365,8 @@ async def _run_job(job: Job, paths: Sequence[Path], quiet: bool) -> RunSummary:
 
 async def _once(args: argparse.Namespace, config: Config, *, rewrite: bool) -> ExitStatus:
     """One run under the store lock (a dry run takes none: it writes nothing)."""
+    from mirror.pipeline import Job
+
     started = time.monotonic()
     dry_run = getattr(args, "dry_run", False)
     with contextlib.ExitStack() as stack:
@@ -438,6 +457,8 @@ def cmd_run(args: argparse.Namespace, config: Config) -> ExitStatus:
 
 def cmd_serve(args: argparse.Namespace, config: Config) -> ExitStatus:
     """Serve /?<url> and stored objects until SIGTERM."""
+    from mirror.workers import run_serve
+
     overrides = {
         name: getattr(args, name)
         for name in ("host", "port", "workers", "open", "accel_redirect")
@@ -449,6 +470,9 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> ExitStatus:
 
 def cmd_demo(args: argparse.Namespace, config: Config) -> ExitStatus:
     """Run the whole job on the bundled example against a bundled local origin."""
+    from mirror.demo import demo_origin
+    from mirror.pipeline import Job
+
     examples = args.examples
     if not (examples / "posts").is_dir() or not (examples / "origin").is_dir():
         raise UsageError(f"{examples} has no posts/ and origin/: pass --examples DIR")
@@ -485,9 +509,12 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> ExitStatus:
 
 def cmd_report(args: argparse.Namespace, config: Config) -> ExitStatus:
     """Write the self-contained HTML report of the store (linked to the posts given)."""
-    if args.gallery < 0:
+    from mirror.report import write_report
+
+    if args.gallery is not None and args.gallery < 0:
         raise UsageError(f"--gallery must be 0 or more, not {args.gallery}")
-    report = write_report(config, args.html, args.paths, gallery=args.gallery)
+    extra = {} if args.gallery is None else {"gallery": args.gallery}
+    report = write_report(config, args.html, args.paths, **extra)
     if not args.quiet:
         counts = Counter(entry.status for entry in report.sources)
         print(
@@ -649,9 +676,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--gallery",
         type=int,
-        default=DEFAULT_GALLERY,
         metavar="N",
-        help=f"thumbnails of at most N objects (default {DEFAULT_GALLERY})",
+        help="thumbnails of at most N objects (default 500)",
     )
     report.set_defaults(handler=cmd_report)
     return parser

@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from mirror.cli import main, progress_line
+from mirror.cli import _ref_json, main, progress_line
+from mirror.config import ScanConfig
 from mirror.errors import ExitStatus
+from mirror.extract import Extractor
 from mirror.pipeline import RunSummary
+from mirror.rewrite import decode
 
 W = "https://cors.zfour.workers.dev/?"
 SRC = "http://static.1sapp.example/qupost/img/a.jpeg"
@@ -201,3 +204,30 @@ def test_progress_line_shows_totals_rate_and_eta() -> None:
     expected = "5/10 posts, 12 references done, 2.0 MB (0.2 MB/s), ETA 0:10"
     assert expected == progress_line(summary, 10, 10.0)
     assert "ETA" not in progress_line(summary, 5, 10.0)
+
+
+def test_scan_json_lines_are_what_json_dumps_gives() -> None:
+    """The hand-built JSON line equals json.dumps of the same fields, byte for byte."""
+    extractor = Extractor(ScanConfig())
+    checked = 0
+    for path in sorted((Path(__file__).parent / "data" / "posts").rglob("*")):
+        if not path.is_file():
+            continue
+        for ref in extractor(decode(path.read_bytes()), path.name):
+            expected = json.dumps(
+                {
+                    "post": ref.post,
+                    "line": ref.line,
+                    "url": ref.url,
+                    "decoded": ref.decoded,
+                    "source": ref.source,
+                    "where": ref.where,
+                    "declared": list(ref.declared) if ref.declared else None,
+                    "declared_kind": ref.declared_kind,
+                    "proxied": ref.proxied,
+                },
+                ensure_ascii=False,
+            )
+            assert expected == _ref_json(ref)
+            checked += 1
+    assert checked > 100
