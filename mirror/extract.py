@@ -20,7 +20,7 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from mirror.config import ScanConfig
 from mirror.markup import Attr, Lexer, MdLink, Tag
@@ -47,8 +47,8 @@ _YAML_ESCAPE = re.compile(r"\\(x[0-9A-Fa-f]{2}|u[0-9A-Fa-f]{4}|U[0-9A-Fa-f]{8}|.
 _YAML_SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", " ": " ", "/": "/"}
 
 
-@dataclass(frozen=True, slots=True)
-class _Found:
+# A NamedTuple, not a frozen dataclass: built once per URL span, its C-level constructor counts.
+class _Found(NamedTuple):
     """A URL span before classification."""
 
     start: int

@@ -17,13 +17,13 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 _WS = " \t\n\r\f"
 
 
-@dataclass(frozen=True, slots=True)
-class Attr:
+# NamedTuples, not frozen dataclasses: the lexer builds many, and their constructor is C-level.
+class Attr(NamedTuple):
     """An attribute; ``start``/``end`` delimit its value without quotes (-1 when it has none)."""
 
     name: str
@@ -32,8 +32,7 @@ class Attr:
     quote: str
 
 
-@dataclass(frozen=True, slots=True)
-class Tag:
+class Tag(NamedTuple):
     """A start tag outside code, its attributes deduplicated the HTML way (first wins)."""
 
     name: str
@@ -42,8 +41,7 @@ class Tag:
     attrs: tuple[Attr, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class MdLink:
+class MdLink(NamedTuple):
     """A Markdown image destination (``markdown``) or reference definition (``markdown-ref``)."""
 
     kind: str
