@@ -215,9 +215,7 @@ class Downloader:
                         self._healthy(host)
                         return Outcome("mirrored", "not-modified", attempts=tuple(attempts))
                     info = verify(download.data, self.config.verify, declared, kind)
-                    obj = await asyncio.to_thread(
-                        self.store.put, download.data, download.sha256, info.ext
-                    )
+                    obj = await self._put(download.data, download.sha256, info.ext)
                 except (FetchError, VerifyError) as exc:
                     attempts.append(Attempt(label, url, exc.reason))
                     first = first or exc
@@ -249,6 +247,14 @@ class Downloader:
         status = "blocked" if isinstance(first, PolicyError) else "failed"
         reason, code = (first.reason, first.http_status) if first else ("no-source", 404)
         return Outcome(status, reason, attempts=tuple(attempts), http_status=code)
+
+    async def _put(self, data: bytes, sha256: str, ext: str) -> StoredObject:
+        if self.store.durability == "power":
+            # fsyncs take milliseconds: never on the event loop.
+            return await asyncio.to_thread(self.store.put, data, sha256, ext)
+        # A rename-only put costs about 0.2 ms; a thread hop costs more, and the worker threads
+        # then fight the event loop for the GIL on every hash and send (measured).
+        return self.store.put(data, sha256, ext)
 
     def _failed(self, host: str, reason: str) -> None:
         if not self.breaker or _HOST_LEVEL.fullmatch(reason) is None:

@@ -263,14 +263,18 @@ class Job:
         for ref in refs:
             if ref.proxied or self.config.scan.raw == "all":
                 targets.setdefault(ref.source, []).append(ref)
-        known = self.manifest.get_many(r.source for r in refs if r.source not in targets)
-        paired = {s for s, row in known.items() if row.status == "mirrored"}
+        # One query for the post's sources, not one per source.
+        known = self.manifest.get_many(r.source for r in refs)
+        paired = {s for s, row in known.items() if s not in targets and row.status == "mirrored"}
         date = post_date(text)
         outcomes = dict(
             zip(
                 targets,
                 await asyncio.gather(
-                    *(self._source(s, targets[s], _context(s, refs, date)) for s in targets)
+                    *(
+                        self._source(s, targets[s], _context(s, refs, date), known.get(s))
+                        for s in targets
+                    )
                 ),
                 strict=True,
             )
@@ -346,7 +350,9 @@ class Job:
             self.manifest.forget_rewrite(str(post.path), generation)
         return None
 
-    async def _source(self, source: str, refs: list[ImageRef], context: Context) -> Outcome:
+    async def _source(
+        self, source: str, refs: list[ImageRef], context: Context, row: SourceRow | None
+    ) -> Outcome:
         """Resolve ``source`` once per run however many posts name it; remember recent ones."""
         recent = self._recent.get(source)
         if recent is not None:
@@ -357,7 +363,7 @@ class Job:
         future = asyncio.get_running_loop().create_future()
         self._futures[source] = future
         try:
-            outcome = await self._resolve(source, refs, context)
+            outcome = await self._resolve(source, refs, context, row)
         except asyncio.CancelledError:
             future.cancel()
             raise
@@ -381,8 +387,10 @@ class Job:
             return False
         return not self.retry_reasons or row.reason in self.retry_reasons
 
-    async def _resolve(self, source: str, refs: list[ImageRef], context: Context) -> Outcome:
-        row = self.manifest.get(source)
+    async def _resolve(
+        self, source: str, refs: list[ImageRef], context: Context, row: SourceRow | None
+    ) -> Outcome:
+        """``row`` is the manifest's as the post began; a flush since can only have added it."""
         now = self.clock()
         has = row is not None and row.status == "mirrored" and row.sha256 and row.ext
         if has and row is not None and self.store.has(row.sha256 or "", row.ext or ""):
