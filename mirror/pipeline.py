@@ -196,13 +196,19 @@ class Job:
                 self._failure = task.exception()
 
         sweep = not self.dry_run and self.out is None
+        folder, states = "", {}
         for path, rel in find_posts(paths, self.config.scan, sweep=sweep):
             try:
                 st = path.stat()
             except OSError:
                 st = None  # read_post says why
-            if st is not None and self._unchanged(path, st):
-                continue
+            if self.fast and st is not None:
+                if str(path.parent) != folder:
+                    # One query per folder instead of one per post: the no-op re-run's cost.
+                    folder = str(path.parent)
+                    states = self.manifest.post_states_in(folder)
+                if self._unchanged(states.get(str(path)), st):
+                    continue
             post = read_post(path, rel, self.config.scan)
             if post is None:
                 continue
@@ -228,11 +234,8 @@ class Job:
             return True
         return not self.only_failed and state.next_check > self.clock()
 
-    def _unchanged(self, path: Path, st: os.stat_result) -> bool:
+    def _unchanged(self, state: PostState | None, st: os.stat_result) -> bool:
         """The stat fast path: same size, mtime and inode as a finished post, so not read."""
-        if not self.fast:
-            return False
-        state = self.manifest.post_state(str(path))
         if state is None or (st.st_size, st.st_mtime_ns, st.st_ino) != (
             state.size,
             state.mtime_ns,
