@@ -87,6 +87,14 @@ class PostRecord:
     mode: str | None
 
 
+def post_key(path: Path) -> str:
+    """
+    A post's key in the posts table: absolute, so `mirror run posts` and `mirror run /abs/posts`
+    share records; not resolved, because that would stat every component of every path.
+    """
+    return os.path.abspath(path)  # noqa: PTH100
+
+
 def _context(source: str, refs: list[ImageRef], date: str | None) -> Context:
     """The other sources of the elements that name ``source`` (srcset, data-original...)."""
     elements = {r.element for r in refs if r.source == source}
@@ -152,6 +160,8 @@ class Job:
         self.mode = "run" if rewrite and out is None else "fetch"
         # A report lists every reference, so a run that writes one reads every post.
         self.fast = not dry_run and out is None and refresh_after is None and report is None
+        # store.durability decides for posts too: fsyncs per post dominated a big first run.
+        self.durable = config.store.durability == "power"
         self._downloader: Downloader | None = None
         self._futures: dict[str, asyncio.Future[Outcome]] = {}
         self._recent: OrderedDict[str, Outcome] = OrderedDict()
@@ -203,11 +213,12 @@ class Job:
             except OSError:
                 st = None  # read_post says why
             if self.fast and st is not None:
-                if str(path.parent) != folder:
+                key = post_key(path)
+                if key.rpartition(os.sep)[0] != folder:
                     # One query per folder instead of one per post: the no-op re-run's cost.
-                    folder = str(path.parent)
+                    folder = key.rpartition(os.sep)[0]
                     states = self.manifest.post_states_in(folder)
-                if self._unchanged(states.get(str(path)), st):
+                if self._unchanged(states.get(key), st):
                     continue
             post = read_post(path, rel, self.config.scan)
             if post is None:
@@ -254,10 +265,10 @@ class Job:
         self.summary.posts += 1
         digest = hashlib.sha256(post.data).hexdigest()
         if self.fast and st is not None:
-            state = self.manifest.post_state(str(post.path))
+            state = self.manifest.post_state(post_key(post.path))
             if state is not None and state.sha256 == digest and self._finished(state):
                 # Touched but not changed: note the new stat so the next run skips it unread.
-                self._posts.append(PostRecord(post.path, st, digest, state.next_check, state.mode))
+                self._note_post(PostRecord(post.path, st, digest, state.next_check, state.mode))
                 self.summary.unchanged += 1
                 return
         text = decode(post.data)
@@ -311,7 +322,13 @@ class Job:
                 digest = hashlib.sha256(written).hexdigest()
                 st = post.path.stat() if self.out is None else st
         if st is not None and not self.dry_run:
-            self._posts.append(PostRecord(post.path, st, digest, next_check, self.mode))
+            self._note_post(PostRecord(post.path, st, digest, next_check, self.mode))
+
+    def _note_post(self, record: PostRecord) -> None:
+        self._posts.append(record)
+        # Results first (a post's record claims its sources are settled), in bounded batches.
+        if len(self._posts) >= BATCH:
+            self._flush()
 
     def _rewrite(
         self, post: Post, text: str, refs: list[ImageRef], mapping: dict[str, str]
@@ -331,7 +348,7 @@ class Job:
             return post.data
         if not spans:
             if self.out is not None:
-                write_post(post, post.data, self.out)
+                write_post(post, post.data, self.out, durable=self.durable)
             return post.data
         new_data = encode(new_text)
         self._flush()
@@ -345,7 +362,7 @@ class Job:
                 before_sha256=hashlib.sha256(post.data).hexdigest(),
                 after_sha256=hashlib.sha256(new_data).hexdigest(),
             )
-        if write_post(post, new_data, self.out):
+        if write_post(post, new_data, self.out, durable=self.durable):
             self.summary.rewritten += 1
             return new_data
         self.summary.left_alone += 1
@@ -464,7 +481,7 @@ class Job:
             posts, self._posts = self._posts, []
             self.manifest.record_posts(
                 (
-                    str(r.path),
+                    post_key(r.path),
                     r.stat.st_size,
                     r.stat.st_mtime_ns,
                     r.stat.st_ino,

@@ -446,3 +446,19 @@ def test_memory_stays_flat_as_the_archive_grows(tmp_path: Path, net: Net) -> Non
         assert count == seen
         peaks.append(peak)
     assert peaks[1] - peaks[0] < 16 * 1024, peaks
+
+
+def test_fast_path_holds_whichever_way_the_path_is_spelled(
+    tmp_path: Path, net: Net, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Posts finished through an absolute path are unchanged when named relatively, and back."""
+    config = config_file(tmp_path, net)
+    posts = tmp_path / "posts"
+    posts.mkdir()
+    (posts / "a.md").write_text(post("/good/1.jpg"), encoding="utf-8")
+    run_job(config, posts)
+    monkeypatch.chdir(tmp_path)
+    summary = run_job(config, Path("posts"))
+    assert (1, 1) == (summary.unchanged, summary.posts)
+    with Manifest(manifest_path(tmp_path / "cache"), readonly=True) as manifest:
+        assert 1 == manifest.conn.execute("SELECT COUNT(*) FROM posts").fetchone()[0]

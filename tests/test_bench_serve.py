@@ -1,0 +1,39 @@
+"""
+bench/serve.py --smoke: the serve benchmark runs end to end on loopback and every check passes.
+
+It starts Debian's nginx and wrk, fills a store with `mirror fetch`, and compares `mirror serve`
+(alone and behind nginx with X-Accel-Redirect) with nginx on a few one-second wrk runs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_serve_benchmark_smoke() -> None:
+    """The smoke benchmark exits 0: every URL checked, no failed wrk run, every server stopped."""
+    for tool in ("nginx", "wrk"):
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").is_file():
+            pytest.skip(f"{tool} is not installed (apt-get install {tool})")
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "serve.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=280,
+        cwd=REPO,
+    )
+    output = done.stdout + done.stderr
+    assert 0 == done.returncode, output
+    assert "nginx+mirror /?" in output
+    assert "cold misses" in output
+    assert "FAILED" not in output
