@@ -132,12 +132,9 @@ def error_response(status: int, reason: str, message: str) -> web.Response:
 
 def _count(state: ServeState, route: str, response: web.StreamResponse) -> web.StreamResponse:
     state.metrics.inc("mirror_requests_total", (route, str(response.status)))
-    if isinstance(response, web.Response) and response.body is not None:
-        length = response.content_length
-        if length is not None:
-            state.metrics.inc("mirror_served_bytes_total", by=length)
-    elif response.content_length is not None:
-        state.metrics.inc("mirror_served_bytes_total", by=response.content_length)
+    length = response.content_length
+    if length is not None:
+        state.metrics.inc("mirror_served_bytes_total", by=length)
     return response
 
 
@@ -152,16 +149,14 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
         return _count(state, "proxy", error_response(400, "bad-url", "not an http(s) image URL"))
     entry = state.catalog.lookup(source)
     accel = state.config.serve.accel_redirect
-    if entry is not None and accel and state.store.has(entry.sha256, entry.ext):
-        state.metrics.inc("mirror_cache_hits_total")
-        return _count(state, "proxy", _accel(accel, entry))
     if entry is not None:
-        obj = state.cache.load(entry.sha256, entry.ext)
-        if obj is not None:
+        obj = None if accel else state.cache.load(entry.sha256, entry.ext)
+        if obj is not None or (accel and state.store.has(entry.sha256, entry.ext)):
             state.metrics.inc("mirror_cache_hits_total")
             if source in state.catalog.served:
-                state.seen[source] = time.time()
-            return _count(state, "proxy", await send(request, obj))
+                state.seen[source] = time.time()  # open mode's least-recently-served order
+            response = _accel(accel, entry) if obj is None else await send(request, obj)
+            return _count(state, "proxy", response)
         state.catalog.forget(source)
     state.metrics.inc("mirror_cache_misses_total")
     timeout = state.config.serve.request_timeout
