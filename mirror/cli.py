@@ -10,8 +10,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import difflib
-import hashlib
 import json
 import logging
 import os
@@ -32,9 +30,9 @@ from mirror.extract import Extractor
 from mirror.lock import LockedError, StoreLock, command_line
 from mirror.log import configure_logging
 from mirror.manifest import Manifest, manifest_path
-from mirror.models import ImageRef, Post, Span
-from mirror.rewrite import decode, rewrap, rewrite
-from mirror.scan import find_posts, iter_posts, write_post
+from mirror.models import ImageRef, Post
+from mirror.rewrite import decode, post_diff, rewrap, rewrite
+from mirror.scan import find_posts, iter_posts, write_recorded
 from mirror.source import origin_host, wrapper_base
 
 if TYPE_CHECKING:
@@ -158,30 +156,7 @@ def _rewrap_base(args: argparse.Namespace) -> str | None:
 
 
 def _print_diff(post: Post, data: bytes) -> None:
-    before = decode(post.data).splitlines(keepends=True)
-    after = decode(data).splitlines(keepends=True)
-    diff = difflib.unified_diff(before, after, f"a/{post.rel}", f"b/{post.rel}")
-    sys.stdout.writelines(line if line.endswith("\n") else line + "\n" for line in diff)
-
-
-def _write_recorded(
-    post: Post, data: bytes, spans: Sequence[Span], manifest: Manifest | None, out: Path | None
-) -> bool:
-    """Write a post, recording its spans first (the manifest's revert protocol)."""
-    generation = None
-    if manifest is not None and spans:
-        generation = manifest.record_spans(
-            str(post.path),
-            spans,
-            [span.source for span in spans],
-            before_sha256=hashlib.sha256(post.data).hexdigest(),
-            after_sha256=hashlib.sha256(data).hexdigest(),
-        )
-    if write_post(post, data, out):
-        return True
-    if manifest is not None and generation is not None:
-        manifest.forget_rewrite(str(post.path), generation)
-    return False
+    sys.stdout.writelines(post_diff(post.data, data, post.rel))
 
 
 def cmd_rewrite(args: argparse.Namespace, config: Config) -> ExitStatus:
@@ -216,7 +191,7 @@ def cmd_rewrite(args: argparse.Namespace, config: Config) -> ExitStatus:
                 result = rewrite(post.data, mapping, extractor, post.rel)
             if args.dry_run:
                 _print_diff(post, result.data)
-            elif (result.spans or args.out is not None) and not _write_recorded(
+            elif (result.spans or args.out is not None) and not write_recorded(
                 post, result.data, result.spans, manifest, args.out
             ):
                 skipped += 1

@@ -159,6 +159,8 @@ class Downloader:
 
     def _profiles_for(self, host: str) -> list[ProfileConfig | None]:
         """None (the plain request) and the host's profiles, the one that last worked first."""
+        if not self.config.fetch.profiles:
+            return [None]  # the usual case, on every download: nothing to look up
         bare = hostname("http://" + host)
         mine = [p for p in self.config.fetch.profiles if host_allowed(bare, p.hosts)]
         order: list[ProfileConfig | None] = [None, *mine]
@@ -206,7 +208,8 @@ class Downloader:
                 label = name if profile is None else f"{name}/{profile.name}"
                 extra = dict(headers) if name == "origin" else {}
                 if profile is not None:
-                    extra.update(profile.header_map(source.split(host, 1)[0] + host + "/"))
+                    home = source.split(host, 1)[0] + host + "/"
+                    extra.update(profile.header_map(home))
                 try:
                     gate = (lambda: self._gate(host)) if at_origin else None
                     download = await self.fetcher.get(url, limit_key=host, headers=extra, gate=gate)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import difflib
 import hashlib
 import json
 import os
@@ -35,8 +34,8 @@ from mirror.extract import Extractor, post_date
 from mirror.fetch import Fetcher
 from mirror.manifest import Manifest, PostState, SourceResult, SourceRow, manifest_path
 from mirror.models import ImageRef, Post, StoredObject
-from mirror.rewrite import decode, encode, replace
-from mirror.scan import find_posts, read_post, write_post
+from mirror.rewrite import decode, encode, post_diff, replace
+from mirror.scan import find_posts, read_post, write_recorded
 from mirror.source import origin_host
 from mirror.store import LocalStore, local_url
 
@@ -335,39 +334,21 @@ class Job:
     ) -> bytes | None:
         """Rewrite the post; return its bytes now (``post.data`` when unchanged), None if left."""
         new_text, spans = replace(text, refs, mapping)
+        new_data = encode(new_text) if spans else post.data
         if self.dry_run:
             if spans:
-                diff = difflib.unified_diff(
-                    text.splitlines(keepends=True),
-                    new_text.splitlines(keepends=True),
-                    f"a/{post.rel}",
-                    f"b/{post.rel}",
-                )
-                self.diff.writelines(d if d.endswith("\n") else d + "\n" for d in diff)
+                self.diff.writelines(post_diff(post.data, new_data, post.rel))
                 self.summary.rewritten += 1
             return post.data
-        if not spans:
-            if self.out is not None:
-                write_post(post, post.data, self.out, durable=self.durable)
+        if not spans and self.out is None:
             return post.data
-        new_data = encode(new_text)
+        # Results first: the spans name sources the manifest must already hold.
         self._flush()
-        sources = [span.source for span in spans]
-        generation = None
-        if self.out is None:
-            generation = self.manifest.record_spans(
-                str(post.path),
-                spans,
-                sources,
-                before_sha256=hashlib.sha256(post.data).hexdigest(),
-                after_sha256=hashlib.sha256(new_data).hexdigest(),
-            )
-        if write_post(post, new_data, self.out, durable=self.durable):
-            self.summary.rewritten += 1
+        manifest = self.manifest if self.out is None else None
+        if write_recorded(post, new_data, spans, manifest, self.out, durable=self.durable):
+            self.summary.rewritten += bool(spans)
             return new_data
         self.summary.left_alone += 1
-        if generation is not None:
-            self.manifest.forget_rewrite(str(post.path), generation)
         return None
 
     async def _source(

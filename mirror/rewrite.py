@@ -10,6 +10,7 @@ back. The new URL is encoded for where it stands.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -196,3 +197,14 @@ def undo(data: bytes, spans: Sequence[Span]) -> bytes:
         shift += len(new) - len(old)
     out += data[at:]
     return bytes(out)
+
+
+def post_diff(before: bytes, after: bytes, rel: str) -> list[str]:
+    """A unified diff of a post's two versions (``a/rel``, ``b/rel``), every line ending in \\n."""
+    lines = difflib.unified_diff(
+        decode(before).splitlines(keepends=True),
+        decode(after).splitlines(keepends=True),
+        f"a/{rel}",
+        f"b/{rel}",
+    )
+    return [line if line.endswith("\n") else line + "\n" for line in lines]

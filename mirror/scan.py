@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import functools
+import hashlib
 import logging
 import os
 import re
@@ -18,7 +19,8 @@ from pathlib import Path
 
 from mirror.config import ScanConfig
 from mirror.errors import StoreError
-from mirror.models import Post
+from mirror.manifest import Manifest
+from mirror.models import Post, Span
 from mirror.store import atomic_write
 
 log = logging.getLogger("mirror.scan")
@@ -144,3 +146,36 @@ def write_post(post: Post, data: bytes, out: Path | None = None, *, durable: boo
         return False
     atomic_write(post.path, data, fsync=durable)
     return True
+
+
+def write_recorded(
+    post: Post,
+    data: bytes,
+    spans: Sequence[Span],
+    manifest: Manifest | None,
+    out: Path | None = None,
+    *,
+    durable: bool = True,
+) -> bool:
+    """
+    :func:`write_post`, recording the spans in ``manifest`` first (its revert protocol): a
+    generation that did not land (the post changed meanwhile) is forgotten again.
+
+    Raises:
+        StoreError: the file cannot be written.
+        ManifestError: the spans cannot be recorded.
+    """
+    generation = None
+    if manifest is not None and spans:
+        generation = manifest.record_spans(
+            str(post.path),
+            spans,
+            [span.source for span in spans],
+            before_sha256=hashlib.sha256(post.data).hexdigest(),
+            after_sha256=hashlib.sha256(data).hexdigest(),
+        )
+    if write_post(post, data, out, durable=durable):
+        return True
+    if manifest is not None and generation is not None:
+        manifest.forget_rewrite(str(post.path), generation)
+    return False
