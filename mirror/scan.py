@@ -17,17 +17,15 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from mirror.atomic import TEMP_NAME, atomic_write
 from mirror.config import ScanConfig
 from mirror.errors import StoreError
 from mirror.manifest import Manifest
 from mirror.models import Post, Span
-from mirror.store import atomic_write
 
 log = logging.getLogger("mirror.scan")
 
 
-# What atomic_write names its temp files: ".<name>.<12 hex>.tmp".
-_TEMP = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
 _STALE_SECONDS = 60.0
 
 
@@ -72,7 +70,7 @@ def find_posts(
             inner = os.path.relpath(folder, top)
             prefix = "" if inner == "." else inner.replace(os.sep, "/") + "/"
             for name in sorted(files):
-                if sweep and _TEMP.fullmatch(name):
+                if sweep and TEMP_NAME.fullmatch(name):
                     _remove_stale(Path(folder, name))
                 elif include(name):
                     yield Path(folder, name), prefix + name

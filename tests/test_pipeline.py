@@ -24,10 +24,10 @@ from aiohttp import web
 from conftest import threaded_server
 from PIL import Image
 
-from mirror import store as store_module
 from mirror.cli import main
 from mirror.errors import ExitStatus
 from mirror.manifest import Manifest, manifest_path
+from mirror.store import local as store_module
 
 WRAP = "http://proxy.example/?"
 
@@ -310,7 +310,7 @@ def test_full_disk_stops_the_run_cleanly(
     def full(fd: int, data: bytes) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(store_module, "_write_all", full)
+    monkeypatch.setattr(store_module, "write_all", full)
     assert ExitStatus.OK != main(["run", *opts, str(posts)])
     assert "disk is full" in capsys.readouterr().err
     assert text == (posts / "full.md").read_text(encoding="utf-8")
