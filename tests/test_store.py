@@ -420,3 +420,29 @@ async def test_s3_addressing_and_profile_reach_botocore(s3_bucket: object, tmp_p
     with pytest.raises(StoreError, match="nope"):
         async with S3Store("bucket", "", S3Config(profile="nope"), tmp_path):
             pass
+
+
+@pytest.mark.parametrize("problem", ["others-write", "other-owner", "symlink"])
+async def test_s3_staging_refuses_a_folder_that_is_not_private(
+    tmp_path: Path, problem: str
+) -> None:
+    """A shared-temp staging folder someone else could swap files in is refused, naming it."""
+    from mirror.store.s3 import S3Store
+
+    folder = tmp_path / "staging"
+    if problem == "symlink":
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        folder.symlink_to(tmp_path / "elsewhere")
+    else:
+        folder.mkdir(mode=0o700)
+        if problem == "others-write":
+            folder.chmod(0o777)
+        elif os.geteuid() == 0:
+            os.chown(folder, 4242, -1)
+        else:
+            pytest.skip("giving a folder to another user needs root")
+    store = S3Store("bucket", "", S3Config(), folder)
+    with pytest.raises(StoreError, match="not a private folder"):
+        async with store.staging():
+            pass
+    assert [] == [p for p in folder.iterdir()]

@@ -655,3 +655,26 @@ def test_a_60_mb_body_goes_through_staging_without_being_held_in_memory(
         print(f"{kind}: 60 MiB committed, peak RSS {peak / MiB:.1f} MiB", end=" ")
         print(f"(before staging {before / MiB:.1f} MiB)")
         assert (60 * MiB, True) == (size, peak < 100 * MiB)
+
+
+async def test_s3_acl_is_sent_with_every_upload(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    """store.s3.acl = "public-read" makes a single and a multipart upload readable by all."""
+    config = store_config("s3", tmp_path, tmp_path / "staging", s3_bucket, acl="public-read")
+    big = body(6 * MiB, seed=21)
+    async with open_store(config) as store:
+        assert isinstance(store, S3Store)
+        await store.client.create_bucket(Bucket=s3_bucket.name)
+        granted = []
+        for data in (DATA, big):
+            await store.put(data, sha(data), "png", "image/png")
+            acl = await store.client.get_object_acl(
+                Bucket=store.bucket, Key=store.key(sha(data), "png")
+            )
+            granted.append(
+                {
+                    g["Permission"]
+                    for g in acl["Grants"]
+                    if g["Grantee"].get("URI", "").endswith("/global/AllUsers")
+                }
+            )
+    assert [{"READ"}, {"READ"}] == granted

@@ -85,7 +85,7 @@ class S3Store:
         self.config = config
         self.description = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         # Staged bodies are the public's images, but the folder sits in a shared temp dir.
-        self._staging = Staging(staging, mode=0o700, file_mode=0o600, clock=clock)
+        self._staging = Staging(staging, mode=0o700, file_mode=0o600, private=True, clock=clock)
         self._clock = clock
         self._stack: AsyncExitStack | None = None
         self._client: Any = None

@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import socket
+import stat
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -44,7 +45,9 @@ class Staging:
     Temp files in ``folder``, created on first use with ``mode`` for the folder.
 
     ``file_mode`` is the files' mode: a local store renames a staged file into place, so it is
-    the object's mode too.
+    the object's mode too. ``private`` (for a folder in a shared temp dir) refuses a folder that
+    is a symlink, is not this user's, or that others may write: whoever could swap a staged file
+    between its verification and its upload could have unverified bytes published.
     """
 
     def __init__(
@@ -53,26 +56,50 @@ class Staging:
         *,
         mode: int = 0o755,
         file_mode: int = 0o644,
+        private: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.folder = folder
         self.mode = mode
         self.file_mode = file_mode
+        self.private = private
         self.clock = clock
         self.host = _host()
+        self._checked = False
 
     def _create(self) -> tuple[Path, int]:
         name = f"{os.getpid()}.{secrets.token_hex(6)}.{self.host}.part"
         path = self.folder / name
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
         try:
+            if not self._checked:
+                self.folder.mkdir(mode=self.mode, parents=True, exist_ok=True)
+                self._check_folder()
+                self._checked = True
             try:
                 return path, os.open(path, flags, self.file_mode)
             except FileNotFoundError:
+                # Removed since (a cleanup of the whole store?): make it again.
                 self.folder.mkdir(mode=self.mode, parents=True, exist_ok=True)
+                self._check_folder()
                 return path, os.open(path, flags, self.file_mode)
         except OSError as exc:
             raise StoreError(f"cannot stage in {self.folder}: {exc.strerror or exc}") from exc
+
+    def _check_folder(self) -> None:
+        if not self.private:
+            return
+        info = self.folder.lstat()
+        ok = (
+            stat.S_ISDIR(info.st_mode)
+            and info.st_uid == os.geteuid()
+            and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        )
+        if not ok:
+            raise StoreError(
+                f"cannot stage in {self.folder}: not a private folder of this user "
+                "(a symlink, another owner, or writable by others); set store.staging"
+            )
 
     @contextlib.asynccontextmanager
     async def open(self) -> AsyncIterator[Staged]:
