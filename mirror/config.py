@@ -178,16 +178,138 @@ class NetworkConfig:
             _need("network.allowed_ports", 0 < port < 65536, f"{port} is not a TCP port")
 
 
-@dataclass(frozen=True, slots=True)
-class StoreConfig:
-    """Where verified objects and the manifest live."""
+S3_ADDRESSING = ("auto", "path", "virtual")
+# S3's canned ACLs; "" sends none (the bucket's policy decides).
+S3_ACLS = (
+    "",
+    "private",
+    "public-read",
+    "public-read-write",
+    "authenticated-read",
+    "aws-exec-read",
+    "bucket-owner-read",
+    "bucket-owner-full-control",
+)
+# S3's limits on a multipart upload's parts.
+S3_MIN_PART = 5 * MiB
+S3_MAX_PART = 5 * GiB
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_PREFIX_PART = re.compile(r"[A-Za-z0-9_.-]+")
 
-    path: str = "cache"
-    durability: str = "crash"
+
+@dataclass(frozen=True, slots=True)
+class S3Config:
+    """
+    How an ``s3://bucket/prefix`` store reaches its bucket.
+
+    Credentials never come from here: botocore's chain reads them from the environment,
+    ``~/.aws/`` or an instance role.
+    """
+
+    endpoint_url: str = ""
+    region: str = ""
+    addressing: str = "auto"
+    public_url: str = ""
+    profile: str = ""
+    acl: str = ""
+    multipart_threshold: int = 8 * MiB
+    part_size: int = 8 * MiB
 
     def __post_init__(self) -> None:
-        _need("store.path", bool(self.path), "must not be empty")
+        ok = not self.endpoint_url or _matches(r"https?://[^/?#]+/?", self.endpoint_url)
+        _need("store.s3.endpoint_url", ok, f"{self.endpoint_url!r} is not an http(s) URL")
+        ok = not self.region or _matches(r"[a-z0-9-]+", self.region)
+        _need("store.s3.region", ok, f"{self.region!r} is not a region name")
+        _one_of("store.s3.addressing", self.addressing, S3_ADDRESSING)
+        ok = not self.public_url or _matches(r"https?://[^/?#]+/(?:[^?#]*/)?", self.public_url)
+        _need("store.s3.public_url", ok, f"{self.public_url!r} is not an http(s) URL ending /")
+        ok = not self.profile or _matches(r"[\w.@+-]+", self.profile)
+        _need("store.s3.profile", ok, f"{self.profile!r} is not a profile name")
+        _one_of("store.s3.acl", self.acl, S3_ACLS)
+        _positive("store.s3.multipart_threshold", self.multipart_threshold)
+        ok = S3_MIN_PART <= self.part_size <= S3_MAX_PART
+        _need("store.s3.part_size", ok, f"must be between {S3_MIN_PART} and {S3_MAX_PART} bytes")
+
+
+def _matches(pattern: str, value: str) -> bool:
+    return re.fullmatch(pattern, value) is not None
+
+
+def _store_folder(url: str) -> str | None:
+    """Return the folder a local store URL names, or None for a URL with another scheme."""
+    if url.startswith("file://"):
+        rest = url.removeprefix("file://")
+        _need("store.url", rest.startswith(("/", "localhost/")), f"{url!r}: file:///abs/path")
+        return "/" + rest.removeprefix("localhost/").lstrip("/")
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", url):
+        return None
+    return url
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """
+    Where verified objects (and the manifest) live.
+
+    ``url`` is ``./cache``, ``/abs``, ``file:///abs`` (a local folder) or ``s3://bucket/prefix``;
+    ``path`` is its deprecated alias and stays the local folder that callers read.
+    """
+
+    url: str = ""
+    path: str = ""
+    staging: str = ""
+    durability: str = "crash"
+    s3: S3Config = field(default_factory=S3Config)
+
+    def __post_init__(self) -> None:
         _one_of("store.durability", self.durability, ("crash", "power"))
+        if not self.url:
+            object.__setattr__(self, "path", self.path or "cache")
+            return
+        folder = _store_folder(self.url)
+        # A stored path equal to the URL's own folder is the one filled in below, carried over
+        # by dataclasses.replace; only a different one is a second, conflicting setting.
+        derived = folder if folder is not None else "cache"
+        if self.path and Path(self.path) != Path(derived):
+            raise ConfigError("store.url", "and store.path (its deprecated alias) are both set")
+        if folder is None:
+            self._check_s3()
+        else:
+            ok = not self.staging
+            _need("store.staging", ok, "only for s3:// stores (a local store stages in .staging)")
+        object.__setattr__(self, "path", derived)
+
+    def _check_s3(self) -> None:
+        scheme, _, rest = self.url.partition("://")
+        _need("store.url", scheme == "s3", f"unknown scheme {scheme!r}: ./folder, file:// or s3://")
+        bucket, _, prefix = rest.partition("/")
+        ok = _BUCKET.fullmatch(bucket) is not None and ".." not in bucket
+        _need("store.url", ok, f"{bucket!r} is not an S3 bucket name")
+        for part in prefix.strip("/").split("/") if prefix.strip("/") else ():
+            ok = _PREFIX_PART.fullmatch(part) is not None and part not in (".", "..")
+            _need("store.url", ok, f"prefix part {part!r}: letters, digits and _ . - only")
+
+    @property
+    def location(self) -> str:
+        """Return the store's URL: ``url``, or the deprecated ``path`` when that is unset."""
+        return self.url or self.path
+
+    @property
+    def scheme(self) -> str:
+        """Return ``"file"`` for a local folder, else the URL's scheme (``"s3"``)."""
+        return "file" if _store_folder(self.location) is not None else "s3"
+
+    @property
+    def bucket(self) -> str:
+        """Return an ``s3://`` store's bucket ("" for a local one)."""
+        return "" if self.scheme == "file" else self.location.split("://")[1].split("/")[0]
+
+    @property
+    def prefix(self) -> str:
+        """Return an ``s3://`` store's key prefix without slashes at its ends ("" for none)."""
+        if self.scheme == "file":
+            return ""
+        return self.location.split("://")[1].partition("/")[2].strip("/")
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,9 @@ from PIL import Image
 
 from mirror.config import Config, FetchConfig, NetworkConfig
 
+# moto's S3 server and the per-test bucket fixtures (tests/s3_server.py).
+pytest_plugins = ["s3_server"]
+
 ORIGIN = "origin.example"
 BIG_BODY = 60 * 1024 * 1024
 PNG_ETAG = '"png-v1"'

@@ -1,19 +1,32 @@
-"""Tests for the content-addressed store and atomic_write, on real files."""
+"""Tests for the store package: the synchronous LocalStore, atomic_write, the store config and
+open_store, and what only the local folder backend does (the contract is test_store_contract)."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import os
+import re
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from mirror.errors import StoreError
+from mirror.config import Config, S3Config, StoreConfig, config_from_mapping
+from mirror.errors import ConfigError, StoreError
 from mirror.models import StoredObject
-from mirror.store import LocalStore, ObjectStore, atomic_write, local_url
+from mirror.store import (
+    FolderStore,
+    LocalStore,
+    SyncObjectStore,
+    atomic_write,
+    local_url,
+    open_store,
+)
 
 DATA = b"\xff\xd8\xff\xe0 not really a jpeg \xff\xd9"
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -135,8 +148,8 @@ def test_put_on_a_full_disk_is_a_store_error_and_leaves_no_temp(
 
 
 def test_local_store_satisfies_the_protocol(tmp_path: Path) -> None:
-    """LocalStore can stand wherever an ObjectStore is expected."""
-    store: ObjectStore = LocalStore(tmp_path)
+    """LocalStore can stand wherever the synchronous store protocol is expected."""
+    store: SyncObjectStore = LocalStore(tmp_path)
     assert f"objects/{SHA[:2]}/{SHA}.gif" == store.relpath(SHA, "gif")
 
 
@@ -241,3 +254,195 @@ def test_put_maps_os_errors_to_store_error(
         store.put(DATA, SHA, "jpg")
     assert str(store.path(SHA, "jpg")) in str(caught.value)
     assert [] == [p for p in _files(tmp_path) if p.endswith(".tmp")]
+
+
+@pytest.mark.parametrize(
+    ("table", "scheme", "path", "bucket", "prefix"),
+    [
+        ({}, "file", "cache", "", ""),
+        ({"path": "/srv/cache"}, "file", "/srv/cache", "", ""),
+        ({"url": "./data"}, "file", "data", "", ""),
+        ({"url": "file:///srv/mirror"}, "file", "/srv/mirror", "", ""),
+        ({"url": "s3://my-bucket"}, "s3", "cache", "my-bucket", ""),
+        ({"url": "s3://my.bucket/img/mirror/"}, "s3", "cache", "my.bucket", "img/mirror"),
+    ],
+)
+def test_store_url_names_the_backend(
+    table: dict[str, str], scheme: str, path: str, bucket: str, prefix: str
+) -> None:
+    """store.url (or the deprecated store.path) gives the scheme, folder, bucket and prefix."""
+    store = config_from_mapping({"store": table}).store
+    assert (scheme, Path(path), bucket, prefix) == (
+        store.scheme,
+        Path(store.path),
+        store.bucket,
+        store.prefix,
+    )
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "words"),
+    [
+        ({"url": "./a", "path": "./b"}, "store.url", "both set"),
+        ({"url": "gs://bucket/x"}, "store.url", "unknown scheme 'gs'"),
+        ({"url": "s3://Bad_Bucket"}, "store.url", "not an S3 bucket name"),
+        ({"url": "s3://bucket/a/../b"}, "store.url", "prefix part '..'"),
+        ({"url": "file://host/x"}, "store.url", "file:///abs/path"),
+        ({"url": "./a", "staging": "/tmp/s"}, "store.staging", "only for s3://"),
+        ({"s3": {"addressing": "dns"}}, "store.s3.addressing", "one of"),
+        ({"s3": {"part_size": 1024}}, "store.s3.part_size", "between"),
+        ({"s3": {"acl": "world"}}, "store.s3.acl", "one of"),
+        ({"s3": {"public_url": "https://cdn.example.com"}}, "store.s3.public_url", "ending /"),
+        ({"s3": {"endpoint_url": "minio:9000"}}, "store.s3.endpoint_url", "not an http(s) URL"),
+        ({"s3": {"access_key": "AKIA"}}, "store.s3.access_key", "unknown key"),
+    ],
+)
+def test_bad_store_settings_name_their_key(table: dict[str, object], key: str, words: str) -> None:
+    """Each bad store setting is a ConfigError naming its key (credentials are no key at all)."""
+    with pytest.raises(ConfigError, match=re.escape(words)) as caught:
+        config_from_mapping({"store": table})
+    assert key == caught.value.key
+
+
+def test_replacing_a_store_setting_keeps_its_url() -> None:
+    """dataclasses.replace on a url-configured store does not count the derived path as set."""
+    store = StoreConfig(url="s3://bucket/p", staging="/tmp/s")
+    changed = dataclasses.replace(store, durability="power")
+    assert ("s3://bucket/p", "power") == (changed.location, changed.durability)
+
+
+def test_open_store_picks_the_local_backend_without_aiobotocore(tmp_path: Path) -> None:
+    """A folder URL opens a FolderStore, and aiobotocore is not even imported for it."""
+    code = (
+        "import sys; from pathlib import Path; from mirror.config import Config, StoreConfig;"
+        "from mirror.store import open_store;"
+        f"s = open_store(Config(store=StoreConfig(url='file://{tmp_path}')));"
+        "print(type(s).__name__, s.description, 'aiobotocore' in sys.modules)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert f"FolderStore {tmp_path} False\n" == out.stdout
+
+
+def test_open_store_picks_s3_for_an_s3_url(tmp_path: Path) -> None:
+    """An s3:// URL opens an S3Store with its bucket, prefix and staging folder."""
+    from mirror.store.s3 import S3Store
+
+    config = Config(store=StoreConfig(url="s3://bucket/a/b", staging=str(tmp_path)))
+    store = open_store(config)
+    assert isinstance(store, S3Store)
+    assert ("s3://bucket/a/b", "bucket", "a/b") == (store.description, store.bucket, store.prefix)
+
+
+async def test_folder_store_reads_what_local_store_wrote(tmp_path: Path) -> None:
+    """Objects written by the synchronous store are the async backend's objects, and back."""
+    legacy = LocalStore(tmp_path)
+    legacy.put(DATA, SHA, "jpg")
+    async with FolderStore(tmp_path) as store:
+        assert [(SHA, "jpg", len(DATA))] == [
+            (o.sha256, o.ext, o.size) async for o in store.objects()
+        ]
+        other = b"GIF89a other bytes"
+        await store.put(other, hashlib.sha256(other).hexdigest(), "gif", "image/gif")
+    assert {(SHA, "jpg"), (hashlib.sha256(other).hexdigest(), "gif")} == set(legacy.iter_objects())
+    assert store.key(SHA, "jpg") == legacy.relpath(SHA, "jpg")
+
+
+async def test_folder_store_power_durability_fsyncs_body_and_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With durability "power", a commit fsyncs the body and the folders it created."""
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def counting(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting)
+    async with FolderStore(tmp_path / "store", durability="power") as store:
+        await store.put(DATA, SHA, "jpg", "image/jpeg")
+        assert DATA == await store.read(SHA, "jpg")
+    # body, shard folder, objects folder (new), root (objects was new)
+    assert 4 == len(synced)
+
+
+async def test_folder_store_commit_on_a_full_disk_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC while staging a put is a StoreError saying so; no object and no staged file stay."""
+
+    def full(fd: int, data: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    async with FolderStore(tmp_path) as store:
+        monkeypatch.setattr(os, "write", full)
+        with pytest.raises(StoreError, match="disk is full"):
+            await store.put(DATA, SHA, "jpg", "image/jpeg")
+        monkeypatch.undo()
+        assert [] == _files(tmp_path)
+
+
+async def test_folder_store_cleanup_sweeps_old_temp_files_beside_objects(tmp_path: Path) -> None:
+    """The synchronous store's stale .tmp files go by age; objects and strays stay."""
+    LocalStore(tmp_path).put(DATA, SHA, "jpg")
+    shard = tmp_path / "objects" / SHA[:2]
+    leftover = shard / f".{SHA}.jpg.0123456789ab.tmp"
+    leftover.write_bytes(DATA[:3])
+    (shard / "README").write_text("stray")
+    async with FolderStore(tmp_path) as store:
+        assert 0 == await store.cleanup(older_than=3600)
+        old = time.time() - 7200
+        os.utime(leftover, (old, old))
+        assert 1 == await store.cleanup(older_than=3600)
+    assert [f"objects/{SHA[:2]}/{SHA}.jpg", f"objects/{SHA[:2]}/README"] == _files(tmp_path)
+
+
+async def test_folder_store_reader_creates_no_folders(tmp_path: Path) -> None:
+    """Opening, stat, listing and cleanup on a store that does not exist write nothing."""
+    root = tmp_path / "none"
+    async with FolderStore(root) as store:
+        assert None is await store.stat(SHA, "jpg")
+        assert [] == [o async for o in store.objects()]
+        assert 0 == await store.cleanup(older_than=0)
+    assert not root.exists()
+
+
+async def test_s3_addressing_and_profile_reach_botocore(s3_bucket: object, tmp_path: Path) -> None:
+    """store.s3.addressing becomes botocore's addressing style; an unknown profile a StoreError."""
+    from mirror.store.s3 import S3Store
+
+    for style in ("auto", "path", "virtual"):
+        settings = S3Config(endpoint_url="http://127.0.0.1:9", region="us-east-1", addressing=style)
+        async with S3Store("bucket", "", settings, tmp_path) as store:
+            assert style == store.client.meta.config.s3["addressing_style"]
+            assert "standard" == store.client.meta.config.retries["mode"]
+    with pytest.raises(StoreError, match="nope"):
+        async with S3Store("bucket", "", S3Config(profile="nope"), tmp_path):
+            pass
+
+
+@pytest.mark.parametrize("problem", ["others-write", "other-owner", "symlink"])
+async def test_s3_staging_refuses_a_folder_that_is_not_private(
+    tmp_path: Path, problem: str
+) -> None:
+    """A shared-temp staging folder someone else could swap files in is refused, naming it."""
+    from mirror.store.s3 import S3Store
+
+    folder = tmp_path / "staging"
+    if problem == "symlink":
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        folder.symlink_to(tmp_path / "elsewhere")
+    else:
+        folder.mkdir(mode=0o700)
+        if problem == "others-write":
+            folder.chmod(0o777)
+        elif os.geteuid() == 0:
+            os.chown(folder, 4242, -1)
+        else:
+            pytest.skip("giving a folder to another user needs root")
+    store = S3Store("bucket", "", S3Config(), folder)
+    with pytest.raises(StoreError, match="not a private folder"):
+        async with store.staging():
+            pass
+    assert [] == [p for p in folder.iterdir()]
