@@ -26,6 +26,7 @@ from mirror.models import ImageInfo
 from mirror.verify import (
     HEADER_BUDGET,
     POOL,
+    core,
     pillow_supports,
     sniff,
     verify,
@@ -531,6 +532,19 @@ def test_a_header_past_the_budget_is_not_an_image(tmp_path: Path) -> None:
     assert f.read_bytes < HEADER_BUDGET + 70_000
 
 
+def test_the_header_window_ends_at_its_limit() -> None:
+    """
+    Reads through the header window stop at its limit, also after a seek past it.
+    """
+    window = core._Window(io.BytesIO(bytes(range(100))), 10)
+    assert bytes(range(8)) == window.read(8)
+    assert bytes([8, 9]) == window.read(5)
+    assert window.exhausted
+    assert 50 == window.seek(40, os.SEEK_CUR)
+    assert b"" == window.read()
+    assert b"" == window.read(3)
+
+
 def test_errors_hold_no_pillow_frame_or_image() -> None:
     """
     A refused file's exception chains no Pillow traceback, so it keeps no image alive.
@@ -770,6 +784,7 @@ def test_decode_caps_are_validated(key: str, value: int) -> None:
     """
     A zero cap or a worker memory too small to start Python is a config error naming the key.
     """
+    overrides: dict[str, Any] = {key: value}
     with pytest.raises(ConfigError) as info:
-        VerifyConfig(**{key: value})
+        VerifyConfig(**overrides)
     assert f"verify.{key}" == info.value.key

@@ -63,7 +63,8 @@ class _Window:
         self.exhausted = False
 
     def read(self, count: int = -1) -> bytes:
-        room = self._limit - self._pos
+        # Past the limit (Pillow may seek over a chunk that ends beyond it) nothing is left.
+        room = max(0, self._limit - self._pos)
         if count < 0 or count > room:
             count = room
             self.exhausted = True

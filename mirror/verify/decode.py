@@ -95,6 +95,8 @@ def decode_task(
 class DecodePool:
     """
     The worker processes of decode mode, created on first use and rebuilt when broken.
+
+    ``pending`` counts the awaited decodes not yet answered (queued or running).
     """
 
     def __init__(self) -> None:
