@@ -532,6 +532,30 @@ def test_a_header_past_the_budget_is_not_an_image(tmp_path: Path) -> None:
     assert f.read_bytes < HEADER_BUDGET + 70_000
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_a_file_past_the_header_budget_verifies_through_the_window(
+    fmt: str, tmp_path: Path
+) -> None:
+    """
+    A file larger than the header budget verifies from its header and tail alone.
+    """
+    filler = bytes(range(255)) * (HEADER_BUDGET // 255 + 4096)  # no 0xFF: plain scan data
+    if fmt == "PNG":
+        ihdr = png_chunk(b"IHDR", struct.pack(">IIBBBBB", 4000, 3000, 8, 2, 0, 0, 0))
+        body = ihdr + png_chunk(b"IDAT", filler)
+        data = b"\x89PNG\r\n\x1a\n" + body + png_chunk(b"IEND", b"")
+    else:
+        small = encode("JPEG", (4000, 3000), quality=10)
+        data = small[:-2] + filler + b"\xff\xd9"
+    path = tmp_path / "large"
+    path.write_bytes(data)
+    with CountingFile(path, "rb") as f:
+        info = verify_file(f, DEFAULT, (4000, 3000))
+        assert len(data) > HEADER_BUDGET
+        assert f.read_bytes < 16384
+    assert (fmt, 4000, 3000) == (info.format, info.width, info.height)
+
+
 def test_the_header_window_ends_at_its_limit() -> None:
     """
     Reads through the header window stop at its limit, also after a seek past it.
