@@ -154,12 +154,19 @@ class VerifyConfig:
     aspect_tolerance: float = 0.02
     max_pixels: int = 50_000_000
     formats: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "AVIF", "HEIF")
+    max_frames: int = 1000
+    max_total_pixels: int = 200_000_000
+    decode_workers: int = 2
+    decode_memory: int = 1 * GiB
 
     def __post_init__(self) -> None:
         _one_of("verify.mode", self.mode, ("structure", "decode"))
         _one_of("verify.size_check", self.size_check, ("aspect", "exact", "off"))
         _need("verify.aspect_tolerance", 0 <= self.aspect_tolerance < 1, "must be in [0, 1)")
-        _positive("verify.max_pixels", self.max_pixels)
+        for name in ("max_pixels", "max_frames", "max_total_pixels", "decode_workers"):
+            _positive(f"verify.{name}", getattr(self, name))
+        # Below this a worker cannot even start Python and Pillow.
+        _need("verify.decode_memory", self.decode_memory >= 256 * MiB, "must be at least 256 MiB")
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,7 @@ from mirror.manifest import Attempt, Manifest, SourceResult
 from mirror.models import ImageRef, StoredObject
 from mirror.source import host_allowed, hostname, origin_host
 from mirror.store import LocalStore
-from mirror.verify import verify
+from mirror.verify import verify_async
 
 log = logging.getLogger("mirror.fetch")
 
@@ -217,7 +217,7 @@ class Downloader:
                         attempts.append(Attempt(label, url, "not-modified"))
                         self._healthy(host)
                         return Outcome("mirrored", "not-modified", attempts=tuple(attempts))
-                    info = verify(download.data, self.config.verify, declared, kind)
+                    info = await verify_async(download.data, self.config.verify, declared, kind)
                     obj = await self._put(download.data, download.sha256, info.ext)
                 except (FetchError, VerifyError) as exc:
                     attempts.append(Attempt(label, url, exc.reason))

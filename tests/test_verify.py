@@ -1,23 +1,40 @@
 """
-Tests for mirror.verify: format sniffing, pixel bombs, truncation, decode mode and size checks.
+Tests for mirror.verify: sniffing, pixel bombs, truncation, size checks, EXIF, decode workers.
 """
 
 # The project writes asserts as `expected == actual`, which SIM300 calls a Yoda condition.
 
 from __future__ import annotations
 
+import functools
 import io
+import os
+import resource
 import struct
 import zlib
+from collections.abc import Iterator
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Any
 
 import pytest
 from PIL import Image
 
 from mirror.config import VerifyConfig
-from mirror.errors import NotAnImage, VerifyError
+from mirror.errors import ConfigError, NotAnImage, VerifyError
 from mirror.models import ImageInfo
-from mirror.verify import pillow_supports, sniff, verify
+from mirror.verify import (
+    HEADER_BUDGET,
+    POOL,
+    core,
+    pillow_supports,
+    sniff,
+    verify,
+    verify_async,
+    verify_file,
+)
+from mirror.verify.decode import TASKS_PER_WORKER, DecodePool
+from mirror.verify.exif import orientation, tiff_orientation
 
 DEFAULT = VerifyConfig()
 DECODE = VerifyConfig(mode="decode")
@@ -399,3 +416,399 @@ def test_nonsense_declared_sizes_are_ignored(declared: tuple[int, int]) -> None:
     Zero, negative or absurd declared sizes count as undeclared.
     """
     assert 64 == verify(encode("PNG"), EXACT, declared=declared).width
+
+
+# --- the file-based core: headers and tails, never bodies -------------------------------------
+
+
+class CountingFile(io.FileIO):
+    """
+    A real file that counts the bytes read from it.
+    """
+
+    read_bytes = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        self.read_bytes += len(data)
+        return data
+
+
+@functools.cache
+def black_idat(width: int, height: int) -> bytes:
+    """
+    Compress the rows of a black greyscale image of ``width`` x ``height``.
+    """
+    return zlib.compress(bytes((1 + width) * height), 6)
+
+
+def big_png(width: int, height: int, exif: bytes | None = None, *, after: bool = False) -> bytes:
+    """
+    Build a black greyscale PNG of ``width`` x ``height`` by hand, with an eXIf chunk if given.
+    """
+    ihdr = png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+    extra = b"" if exif is None else png_chunk(b"eXIf", exif)
+    idat = png_chunk(b"IDAT", black_idat(width, height))
+    body = idat + extra if after else extra + idat
+    return b"\x89PNG\r\n\x1a\n" + ihdr + body + png_chunk(b"IEND", b"")
+
+
+def tiff_block(orientation: int, order: str = "<", *, entries: list[bytes] | None = None) -> bytes:
+    """
+    Build a TIFF header and an IFD0 holding the orientation (or the raw ``entries`` given).
+    """
+    mark = b"II*\x00" if order == "<" else b"MM\x00*"
+    if entries is None:
+        entries = [struct.pack(f"{order}HHIHH", 0x0112, 3, 1, orientation, 0)]
+    count = struct.pack(f"{order}H", len(entries))
+    return mark + struct.pack(f"{order}I", 8) + count + b"".join(entries) + bytes(4)
+
+
+@pytest.mark.parametrize(("fmt", "ext", "mime"), FORMATS)
+def test_verify_file_reads_a_path_as_verify_reads_bytes(
+    fmt: str, ext: str, mime: str, tmp_path: Path
+) -> None:
+    """
+    verify_file over a path or an open file gives what verify gives over the same bytes.
+    """
+    data = encode(fmt)
+    path = tmp_path / f"image.{ext}"
+    path.write_bytes(data)
+    expected = verify(data, DEFAULT, (64, 48))
+    assert expected == verify_file(path, DEFAULT, (64, 48))
+    with path.open("rb") as f:
+        assert expected == verify_file(f, DEFAULT, (64, 48))
+    assert "truncated" == reason_of(data[:-1], DEFAULT)
+    path.write_bytes(data[:-1])
+    with pytest.raises(VerifyError) as info:
+        verify_file(path, DEFAULT)
+    assert "truncated" == info.value.reason
+
+
+@pytest.mark.parametrize(
+    ("exif", "after", "declared", "reason"),
+    [
+        (False, False, (3500, 3500), None),  # scaled: no orientation needed
+        (False, False, (700, 400), "size-mismatch"),  # looks for an orientation, finds none
+        (True, False, (5000, 7000), None),
+        (True, True, (5000, 7000), None),  # eXIf after the image data, as some writers put it
+    ],
+)
+def test_structure_mode_reads_headers_not_the_pixels(
+    tmp_path: Path, exif: bool, after: bool, declared: tuple[int, int], reason: str | None
+) -> None:
+    """
+    A 49-megapixel PNG is verified from a few kilobytes: the image data is never read.
+    """
+    width, height = (7000, 5000) if exif else (7000, 7000)
+    data = big_png(width, height, tiff_block(6) if exif else None, after=after)
+    path = tmp_path / "big.png"
+    path.write_bytes(data)
+    with CountingFile(path, "rb") as f:
+        if reason is None:
+            info = verify_file(f, DEFAULT, declared)
+            assert (width, height) == (info.width, info.height)
+        else:
+            with pytest.raises(VerifyError) as caught:
+                verify_file(f, DEFAULT, declared)
+            assert reason == caught.value.reason
+        assert len(data) > 30_000
+        assert f.read_bytes < 4096
+
+
+def test_a_header_past_the_budget_is_not_an_image(tmp_path: Path) -> None:
+    """
+    A JPEG whose segments before the first scan run past the header budget is refused.
+    """
+    data = encode("JPEG")
+    filler = b"\xff\xfe\xff\xff" + bytes(65533)  # a maximal COM segment
+    count = HEADER_BUDGET // len(filler) + 2
+    huge = data[:2] + filler * count + data[2:]
+    path = tmp_path / "huge.jpg"
+    path.write_bytes(huge)
+    with CountingFile(path, "rb") as f, pytest.raises(NotAnImage) as info:
+        verify_file(f, DEFAULT)
+    assert "header runs past" in str(info.value)
+    assert f.read_bytes < HEADER_BUDGET + 70_000
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_a_file_past_the_header_budget_verifies_through_the_window(
+    fmt: str, tmp_path: Path
+) -> None:
+    """
+    A file larger than the header budget verifies from its header and tail alone.
+    """
+    filler = bytes(range(255)) * (HEADER_BUDGET // 255 + 4096)  # no 0xFF: plain scan data
+    if fmt == "PNG":
+        ihdr = png_chunk(b"IHDR", struct.pack(">IIBBBBB", 4000, 3000, 8, 2, 0, 0, 0))
+        body = ihdr + png_chunk(b"IDAT", filler)
+        data = b"\x89PNG\r\n\x1a\n" + body + png_chunk(b"IEND", b"")
+    else:
+        small = encode("JPEG", (4000, 3000), quality=10)
+        data = small[:-2] + filler + b"\xff\xd9"
+    path = tmp_path / "large"
+    path.write_bytes(data)
+    with CountingFile(path, "rb") as f:
+        info = verify_file(f, DEFAULT, (4000, 3000))
+        assert len(data) > HEADER_BUDGET
+        assert f.read_bytes < 16384
+    assert (fmt, 4000, 3000) == (info.format, info.width, info.height)
+
+
+def test_the_header_window_ends_at_its_limit() -> None:
+    """
+    Reads through the header window stop at its limit, also after a seek past it.
+    """
+    window = core._Window(io.BytesIO(bytes(range(100))), 10)
+    assert bytes(range(8)) == window.read(8)
+    assert bytes([8, 9]) == window.read(5)
+    assert window.exhausted
+    assert 50 == window.seek(40, os.SEEK_CUR)
+    assert b"" == window.read()
+    assert b"" == window.read(3)
+
+
+def test_errors_hold_no_pillow_frame_or_image() -> None:
+    """
+    A refused file's exception chains no Pillow traceback, so it keeps no image alive.
+    """
+    data = b"\x89PNG\r\n\x1a\n" + png_chunk(b"JUNK", b"x" * 40) + png_chunk(b"IEND", b"")
+    with pytest.raises(NotAnImage) as info:
+        verify(data, DEFAULT)
+    error: BaseException | None = info.value
+    frames = []
+    while error is not None:
+        tb = error.__traceback__
+        while tb is not None:
+            frames.append(tb.tb_frame)
+            tb = tb.tb_next
+        error = error.__cause__ or error.__context__
+    assert [] == [f.f_code.co_filename for f in frames if "/PIL/" in f.f_code.co_filename]
+    held = [v for f in frames for v in f.f_locals.values() if isinstance(v, Image.Image)]
+    assert [] == held
+
+
+# --- EXIF orientation, by hand ----------------------------------------------------------------
+
+
+def jpeg_with_app1(payload: bytes) -> bytes:
+    """
+    Splice an APP1 segment holding ``payload`` right after a JPEG's SOI.
+    """
+    data = encode("JPEG")
+    return data[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + data[2:]
+
+
+def webp_with_exif(block: bytes) -> bytes:
+    """
+    Rebuild a (VP8X) WebP with an EXIF chunk holding ``block``.
+    """
+    data = encode("WEBP", exif=b"Exif\x00\x00" + block)
+    assert b"EXIF" in data
+    return data
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+@pytest.mark.parametrize("value", [1, 3, 6, 8])
+@pytest.mark.parametrize("container", ["jpeg", "png-before", "png-after", "webp"])
+def test_orientation_is_read_from_each_container(order: str, value: int, container: str) -> None:
+    """
+    The orientation is found in JPEG APP1, PNG eXIf (before or after IDAT) and WebP EXIF.
+    """
+    block = tiff_block(value, order)
+    if container == "jpeg":
+        data = jpeg_with_app1(b"Exif\x00\x00" + block)
+    elif container == "webp":
+        data = webp_with_exif(block)
+    else:
+        png = encode("PNG")
+        iend = png.rindex(b"IEND") - 4
+        exif = png_chunk(b"eXIf", block)
+        if container == "png-before":
+            idat = png.index(b"IDAT") - 4
+            data = png[:idat] + exif + png[idat:]
+        else:
+            data = png[:iend] + exif + png[iend:]
+    kind = sniff(data)
+    assert kind is not None
+    assert value == orientation(kind, io.BytesIO(data), len(data))
+    rotated = value in (6, 8)
+    if rotated:
+        assert 64 == verify(data, EXACT, declared=(48, 64)).width
+    else:
+        assert "size-mismatch" == reason_of(data, EXACT, declared=(48, 64))
+
+
+def entry(tag: int, kind: int, count: int, value: int, order: str = "<") -> bytes:
+    """
+    Pack one 12-byte IFD entry with a SHORT value.
+    """
+    return struct.pack(f"{order}HHIHH", tag, kind, count, value, 0)
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (tiff_block(6), 6),
+        (b"Exif\x00\x00" + tiff_block(5, ">"), 5),
+        (tiff_block(0, entries=[entry(0x010F, 2, 4, 0), entry(0x0112, 3, 1, 7)]), 7),
+        (tiff_block(0, entries=[struct.pack("<HHII", 0x0112, 4, 1, 8)]), 8),
+        # Hostile or broken: each reads as upright.
+        (b"", 1),
+        (b"II*\x00", 1),
+        (b"XX*\x00" + bytes(20), 1),
+        (b"II*\x00" + struct.pack("<I", 1 << 31), 1),  # IFD0 far outside the block
+        (b"II*\x00" + struct.pack("<I", 4) + bytes(20), 1),  # IFD0 inside the header
+        (b"II*\x00" + struct.pack("<IH", 8, 0xFFFF) + entry(0x0112, 3, 1, 6)[:6], 1),
+        (b"II*\x00" + struct.pack("<IH", 8, 0xFFFF) + entry(0x0112, 3, 1, 6), 6),  # count cut
+        (tiff_block(0, entries=[entry(0x0112, 3, 2, 6)]), 1),  # two values
+        (tiff_block(0, entries=[entry(0x0112, 2, 1, 6)]), 1),  # ASCII
+        (tiff_block(0), 1),
+        (tiff_block(9), 1),
+        # IFD0 without the tag whose next-IFD offset points back at itself: never followed.
+        (b"II*\x00" + struct.pack("<IH", 8, 1) + entry(0x010F, 2, 4, 0) + struct.pack("<I", 8), 1),
+    ],
+)
+def test_tiff_orientation_survives_hostile_exif(payload: bytes, expected: int) -> None:
+    """
+    Only tag 0x0112 of IFD0 counts; bad offsets, loops, huge counts and odd types give 1.
+    """
+    assert expected == tiff_orientation(payload)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: jpeg_with_app1(b"Exif\x00\x00" + b"MM\x00*" + struct.pack(">I", 70000)),
+        lambda: jpeg_with_app1(b"Exif\x00\x00"),
+        lambda: jpeg_with_app1(b"http://ns.adobe.com/xap/1.0/\x00<x/>"),
+        lambda: encode("GIF"),
+        lambda: encode("BMP"),
+    ],
+)
+def test_missing_or_broken_exif_is_upright(make: Any) -> None:
+    """
+    No EXIF, an EXIF of another kind, a broken one, or a format without EXIF: orientation 1.
+    """
+    data = make()
+    kind = sniff(data)
+    assert kind is not None
+    assert 1 == orientation(kind, io.BytesIO(data), len(data))
+
+
+def test_a_chunk_longer_than_the_file_ends_the_walk() -> None:
+    """
+    A PNG chunk claiming gigabytes stops the eXIf search instead of reading on.
+    """
+    data = encode("PNG")
+    iend = data.rindex(b"IEND") - 4
+    lying = struct.pack(">I", 0x7FFFFFFF) + b"eXIf" + tiff_block(6)
+    spliced = data[:iend] + lying + data[iend:]
+    assert 1 == orientation("PNG", io.BytesIO(spliced), len(spliced))
+
+
+# --- decode mode: a worker process, with caps --------------------------------------------------
+
+
+@pytest.fixture
+def pool() -> Iterator[DecodePool]:
+    """
+    The process-wide decode pool, stopped after the test.
+    """
+    yield POOL
+    POOL.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("config", "reason"),
+    [
+        (VerifyConfig(mode="decode", max_frames=3), None),
+        (VerifyConfig(mode="decode", max_frames=2), "pixel-bomb"),
+        (VerifyConfig(mode="decode", max_total_pixels=3 * 32 * 24), None),
+        (VerifyConfig(mode="decode", max_total_pixels=3 * 32 * 24 - 1), "pixel-bomb"),
+        (VerifyConfig(mode="structure", max_frames=1, max_total_pixels=1), None),
+    ],
+)
+def test_frame_and_total_pixel_caps(
+    pool: DecodePool, config: VerifyConfig, reason: str | None
+) -> None:
+    """
+    Decode mode refuses more frames, or more pixels summed over frames, than its caps allow.
+    """
+    data = animated("GIF")  # three frames of 32x24
+    if reason is None:
+        assert 32 == verify(data, config).width
+    else:
+        assert reason == reason_of(data, config)
+
+
+async def test_verify_async_decodes_in_a_worker(pool: DecodePool, tmp_path: Path) -> None:
+    """
+    verify_async decodes bytes or a path in a worker and reports corruption as verify does.
+    """
+    data = encode("JPEG", (256, 192), quality=90)
+    middle = len(data) // 2
+    corrupt = data[:middle] + data[:600] + data[middle + 600 :]
+    path = tmp_path / "corrupt.jpg"
+    path.write_bytes(corrupt)
+    assert 256 == (await verify_async(data, DECODE)).width
+    assert 256 == (await verify_async(corrupt, DEFAULT)).width
+    for source in (corrupt, path):
+        with pytest.raises(VerifyError) as info:
+            await verify_async(source, DECODE)
+        assert "truncated" == info.value.reason
+    assert 0 == pool.pending
+
+
+def test_workers_limit_their_address_space(pool: DecodePool) -> None:
+    """
+    Each worker runs under RLIMIT_AS = verify.decode_memory; a bigger allocation fails there.
+    """
+    config = VerifyConfig(mode="decode", decode_memory=300 * 1024 * 1024)
+    executor = pool.executor(config)
+    limit = config.decode_memory
+    assert (limit, limit) == executor.submit(resource.getrlimit, resource.RLIMIT_AS).result()
+    with pytest.raises(MemoryError):
+        executor.submit(bytearray, limit).result()
+    assert os.getpid() != executor.submit(os.getpid).result()
+
+
+def test_workers_are_recycled(pool: DecodePool) -> None:
+    """
+    A worker is replaced by a fresh process after TASKS_PER_WORKER images.
+    """
+    executor = pool.executor(VerifyConfig(mode="decode", decode_workers=1))
+    pids = [executor.submit(os.getpid).result() for _ in range(TASKS_PER_WORKER + 1)]
+    assert TASKS_PER_WORKER == pids.count(pids[0])
+    assert 2 == len(set(pids))
+
+
+def test_a_dead_worker_is_replaced(pool: DecodePool) -> None:
+    """
+    After a worker dies (the pool breaks), the next decode runs in a rebuilt pool.
+    """
+    executor = pool.executor(DECODE)
+    with pytest.raises(BrokenProcessPool):
+        executor.submit(os._exit, 1).result()
+    assert 64 == verify(encode("PNG"), DECODE).width
+    assert executor is not pool.executor(DECODE)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("max_frames", 0),
+        ("max_total_pixels", 0),
+        ("decode_workers", 0),
+        ("decode_memory", 1024 * 1024),
+    ],
+)
+def test_decode_caps_are_validated(key: str, value: int) -> None:
+    """
+    A zero cap or a worker memory too small to start Python is a config error naming the key.
+    """
+    overrides: dict[str, Any] = {key: value}
+    with pytest.raises(ConfigError) as info:
+        VerifyConfig(**overrides)
+    assert f"verify.{key}" == info.value.key
