@@ -5,28 +5,22 @@ Posts written with ``mirror run --out`` and ``[rewrite] base_url = "https://cdn.
 point at ``https://cdn.example.com/mirror/<ab>/<sha256>.<ext>``; ``mirror export DIR`` lays the
 objects they need out as ``DIR/objects/<ab>/<sha256>.<ext>`` (upload ``DIR/objects/`` as
 ``mirror/``). Each file is copied (or hard-linked) to a temp name in its folder and renamed into
-place, so an upload that runs meanwhile never sees half a file; a file already there with the same
-size is skipped, so exporting again only adds what is new. Export only reads the store and takes
-no store lock; an object removed meanwhile (by ``gc``) is reported as missing.
+place, so an upload that runs meanwhile never sees half a file, and no symlink inside DIR is ever
+written through (one planted there is refused); a file already there with the same size is
+skipped, so exporting again only adds what is new. Export only reads the store and takes no store
+lock; an object removed meanwhile (by ``gc``) is reported as missing.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import os
-import secrets
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mirror.atomic import atomic_copy
 from mirror.audit import find_references, open_store, size_text
 from mirror.config import Config
-from mirror.errors import ExitStatus, StoreError
-
-# Why a hard link can fail where a copy works: another file system, or one without links.
-_NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP})
+from mirror.errors import ExitStatus
 
 
 @dataclass
@@ -55,28 +49,6 @@ class Exported:
             f"export: {self.files} files ({size_text(self.size)}) written{how}; "
             f"{self.present} already there; {len(self.missing)} missing"
         ]
-
-
-def _place(source: Path, target: Path, link: bool) -> bool:
-    """Put ``source`` at ``target`` atomically; return True when it was hard-linked."""
-    tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
-    try:
-        linked = False
-        if link:
-            try:
-                os.link(source, tmp)
-                linked = True
-            except OSError as exc:
-                if exc.errno not in _NO_LINK:
-                    raise
-        if not linked:
-            shutil.copyfile(source, tmp)
-        tmp.replace(target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    return linked
 
 
 def export(
@@ -112,19 +84,17 @@ def export(
         except FileNotFoundError:
             result.missing.append(rel)
             continue
-        with contextlib.suppress(FileNotFoundError):
-            if target.stat().st_size == size:
-                result.present += 1
-                continue
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            result.linked += _place(source, target, link)
+            # No symlink inside dest is written through: one planted there is refused.
+            how = atomic_copy(source, target, root=dest, link=link)
         except FileNotFoundError:
             # gc removed it between the stat and the copy.
             result.missing.append(rel)
             continue
-        except OSError as exc:
-            raise StoreError(f"cannot export {rel} to {dest}: {exc.strerror or exc}") from exc
+        if how == "present":
+            result.present += 1
+            continue
+        result.linked += how == "linked"
         result.files += 1
         result.size += size
     return result

@@ -45,7 +45,11 @@ Single writer: one :class:`Manifest` writes; each write method is one transactio
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -56,6 +60,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from mirror.atomic import DIR_FLAGS, TEMP_NAME, temp_name
 from mirror.errors import ManifestError
 from mirror.models import Span
 from mirror.store import local_url
@@ -110,6 +115,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+# An I/O error with less room than this left on the manifest's disk is reported as a full disk.
+_FULL_BELOW = 1 << 20
+# Why a hard link can fail where a rename works: a file system without links.
+_NO_LINK = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK})
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +307,44 @@ def _upsert_values(row: SourceRow) -> tuple[Any, ...]:
     return tuple(values.values())
 
 
+def _migrate(conn: sqlite3.Connection, version: int) -> None:
+    """Apply the migrations after ``version``, inside the caller's transaction."""
+    for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
+        for statement in statements:
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {number}")
+
+
+def _build(conn: sqlite3.Connection) -> None:
+    """Create the whole schema in the fresh file ``conn`` is open on, in one transaction."""
+    # No journal file beside the temp file: a failed build is thrown away whole anyway.
+    conn.execute("PRAGMA journal_mode = MEMORY")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        _migrate(conn, 0)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _disk_full(exc: sqlite3.Error, folder: Path) -> bool:
+    """Tell whether ``exc`` means the disk is full (SQLITE_FULL, or an I/O error with no room)."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    if code == sqlite3.SQLITE_FULL:
+        return True
+    if code != sqlite3.SQLITE_IOERR:
+        return False
+    # SQLite reports ENOSPC while growing the WAL index as a plain I/O error.
+    try:
+        room = os.statvfs(folder)
+    except OSError:
+        return False
+    return room.f_bavail * room.f_frsize < _FULL_BELOW
+
+
 class Manifest:
     """
     The manifest file, opened by one writer (or, with ``readonly``, by any number of readers).
@@ -314,13 +361,21 @@ class Manifest:
         durability: str = "crash",
         readonly: bool = False,
         clock: Callable[[], float] = time.time,
+        on_connect: Callable[[sqlite3.Connection], object] | None = None,
     ) -> None:
+        """
+        Describe the manifest at ``path``; nothing is opened yet.
+
+        ``on_connect`` runs on every connection right after it is made, the one that builds a
+        new manifest included (tests cap its size there with ``PRAGMA max_page_count``).
+        """
         if durability not in ("crash", "power"):
             raise ValueError(f"durability must be 'crash' or 'power', not {durability!r}")
         self.path = path
         self.durability = durability
         self.readonly = readonly
         self._clock = clock
+        self._on_connect = on_connect
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.RLock()
         self._depth = 0
@@ -339,6 +394,11 @@ class Manifest:
             yield
         except sqlite3.Error as exc:
             text = str(exc)
+            if _disk_full(exc, self.path.parent):
+                raise ManifestError(
+                    f"manifest {self.path}: the disk is full while {doing} ({text}); "
+                    "nothing was half-written"
+                ) from exc
             if "locked" in text or "busy" in text:
                 why = f"is locked by another process (waited {BUSY_TIMEOUT_MS / 1000:g} s)"
             elif isinstance(exc, sqlite3.DatabaseError) and (
@@ -348,6 +408,15 @@ class Manifest:
             else:
                 why = f"failed: {text}"
             raise ManifestError(f"manifest {self.path} {why} while {doing}") from exc
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise ManifestError(
+                    f"manifest {self.path}: the disk is full while {doing}; "
+                    "nothing was half-written"
+                ) from exc
+            raise ManifestError(
+                f"manifest {self.path} failed while {doing}: {exc.strerror or exc}"
+            ) from exc
 
     def open(self) -> Self:
         """
@@ -369,8 +438,14 @@ class Manifest:
                     raise ManifestError(
                         f"manifest {self.path}: cannot create folder: {exc}"
                     ) from exc
+                # ":memory:" (a dry run's stand-in) is SQLite's name for no file at all.
+                if os.fspath(self.path) != ":memory:" and not self.path.exists():
+                    with self._errors("creating it"):
+                        self._create()
                 conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             try:
+                if self._on_connect is not None:
+                    self._on_connect(conn)
                 self._configure(conn)
             except BaseException:
                 conn.close()
@@ -398,15 +473,64 @@ class Manifest:
         conn.execute("BEGIN IMMEDIATE")
         try:
             # Re-read under the write lock: another writer may have migrated meanwhile.
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in statements:
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {number}")
+            _migrate(conn, conn.execute("PRAGMA user_version").fetchone()[0])
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # SQLite may have rolled back already (SQLITE_FULL does).
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
+
+    def _create(self) -> None:
+        """
+        Build the whole schema in a temp file beside the manifest, then link it in by name.
+
+        So no half-made manifest ever stands under the real name: a full disk, a crash or a kill
+        leaves the name free, and at most a temp file that the next creation removes. A manifest
+        another writer linked in meanwhile wins; this one is dropped.
+        """
+        folder = self.path.parent
+        tmp = folder / temp_name(self.path.name)
+        dir_fd = os.open(folder, DIR_FLAGS)
+        try:
+            # Creators hold the folder shared while building, so one that gets it exclusively
+            # knows every temp manifest there was left by a creator that died.
+            try:
+                fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pass
+            else:
+                self._sweep(folder)
+            fcntl.flock(dir_fd, fcntl.LOCK_SH)
+            try:
+                conn = sqlite3.connect(tmp, isolation_level=None)
+                try:
+                    if self._on_connect is not None:
+                        self._on_connect(conn)
+                    _build(conn)
+                finally:
+                    conn.close()
+                try:
+                    os.link(tmp, self.path)
+                except FileExistsError:
+                    pass
+                except OSError as exc:
+                    if exc.errno not in _NO_LINK or self.path.exists():
+                        raise
+                    tmp.replace(self.path)  # no hard links here: a plain rename
+                os.fsync(dir_fd)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+        finally:
+            os.close(dir_fd)
+
+    def _sweep(self, folder: Path) -> None:
+        for entry in folder.iterdir():
+            found = TEMP_NAME.fullmatch(entry.name)
+            if found is not None and found["name"] == self.path.name:
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
 
     def close(self) -> None:
         """Close the connection; safe to call twice."""

@@ -447,7 +447,7 @@ def test_export_link_and_its_copy_fallback(
         site.path(1).stat().st_ino == (linked / site.path(1).relative_to(site.store)).stat().st_ino
     )
 
-    def cross_device(src: object, dst: object) -> None:
+    def cross_device(src: object, dst: object, **dir_fds: object) -> None:
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
     monkeypatch.setattr(os, "link", cross_device)

@@ -99,7 +99,9 @@ def test_scan_robust_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     (root / "broken.md").write_bytes(b"<<a href\n<img src=\n---\n\x80<img")
     big = POST + ("<p>" + "x" * 1000 + "</p>\n") * 50_000
     (root / "big.md").write_text(big, encoding="utf-8")
-    assert ExitStatus.OK == main(["scan", "--json", str(root)])
+    config = tmp_path / "c.toml"  # 50 MB is over the default cap (4 MiB): raise it for this one
+    config.write_text("[scan]\nmax_post_bytes = 67108864\n", encoding="utf-8")
+    assert ExitStatus.OK == main(["scan", "--json", "--config", str(config), str(root)])
     captured = capsys.readouterr()
     rows = [json.loads(line) for line in captured.out.splitlines()]
     err = captured.err

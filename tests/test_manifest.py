@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from mirror import manifest as manifest_module
+from mirror.atomic import temp_name
 from mirror.errors import ManifestError
 from mirror.manifest import (
+    MANIFEST_NAME,
     SCHEMA_VERSION,
     Attempt,
     Manifest,
@@ -303,3 +307,113 @@ def test_readonly_on_a_missing_file_is_a_manifest_error(tmp_path: Path) -> None:
     """A reader does not create a manifest."""
     with pytest.raises(ManifestError, match="manifest"):
         Manifest(manifest_path(tmp_path), readonly=True).open()
+
+
+# --- a full disk (issue #13, row 14) ------------------------------------------------------------
+
+
+def _pages(limit: int) -> Callable[[sqlite3.Connection], object]:
+    """An on_connect hook that lets the database grow to ``limit`` pages: a disk that fills."""
+
+    def cap(conn: sqlite3.Connection) -> object:
+        return conn.execute(f"PRAGMA max_page_count = {limit}")
+
+    return cap
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_a_full_disk_while_creating_leaves_no_manifest(tmp_path: Path) -> None:
+    """Creating on a full disk says so and leaves nothing under any name; with room it works."""
+    path = manifest_path(tmp_path)
+    with pytest.raises(ManifestError, match="the disk is full while creating it") as caught:
+        Manifest(path, on_connect=_pages(3)).open()
+    assert sqlite3.SQLITE_FULL == getattr(caught.value.__cause__, "sqlite_errorcode", None)
+    assert [] == _files(tmp_path)
+    with Manifest(path) as manifest:
+        manifest.record_results([mirrored()])
+        version = manifest.conn.execute("PRAGMA user_version").fetchone()[0]
+    assert (SCHEMA_VERSION, ["manifest.sqlite3"]) == (version, _files(tmp_path))
+
+
+def test_a_full_disk_in_a_batch_keeps_nothing_of_it_and_says_so(tmp_path: Path) -> None:
+    """SQLITE_FULL in a write is "the disk is full"; the batch is rolled back, later ones work."""
+    with Manifest(manifest_path(tmp_path), on_connect=_pages(16)) as manifest:
+        big = [mirrored(f"{URL}?{n:05d}" + "x" * 200) for n in range(2000)]
+        with pytest.raises(ManifestError, match="the disk is full while recording results"):
+            manifest.record_results(big)
+        assert 0 == manifest.counts()["mirrored"]
+        manifest.record_results([mirrored()])
+        assert 1 == manifest.counts()["mirrored"]
+
+
+def test_a_full_disk_while_upgrading_keeps_the_old_schema(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A migration hitting a full disk is undone whole (no "cannot rollback"); it runs later."""
+    path = manifest_path(tmp_path)
+    with Manifest(path) as manifest:
+        manifest.record_results([mirrored()])
+    filler = "INSERT INTO notes SELECT zeroblob(4000) FROM (SELECT 1 UNION SELECT 2 UNION SELECT 3)"
+    extra = ("CREATE TABLE notes (blob BLOB)", filler, filler.replace("zeroblob", "randomblob"))
+    monkeypatch.setattr("mirror.manifest.MIGRATIONS", (*manifest_module.MIGRATIONS, extra))
+    monkeypatch.setattr("mirror.manifest.SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    used = sqlite3.connect(path).execute("PRAGMA page_count").fetchone()[0]
+    with pytest.raises(ManifestError, match="the disk is full while opening"):
+        Manifest(path, on_connect=_pages(used + 2)).open()
+    with sqlite3.connect(path) as conn:
+        assert SCHEMA_VERSION == conn.execute("PRAGMA user_version").fetchone()[0]
+    with Manifest(path) as manifest:
+        assert 6 == manifest.conn.execute("SELECT COUNT(*) FROM notes").fetchone()[0]
+
+
+def test_a_dead_creators_temp_manifest_is_removed(tmp_path: Path) -> None:
+    """A half-built temp manifest whose creator died goes when the next one is created."""
+    dead = tmp_path / temp_name(MANIFEST_NAME)
+    dead.write_bytes(b"half a database")
+    other = tmp_path / temp_name("cover.jpg")
+    other.write_bytes(b"not a manifest")
+    with Manifest(manifest_path(tmp_path)):
+        pass
+    assert sorted([MANIFEST_NAME, other.name]) == _files(tmp_path)
+
+
+def test_a_live_creators_temp_manifest_stays(tmp_path: Path) -> None:
+    """While another creator holds the folder, its temp manifest is left alone."""
+    live = tmp_path / temp_name(MANIFEST_NAME)
+    live.write_bytes(b"being built")
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # what a creator holds while it builds
+        with Manifest(manifest_path(tmp_path)):
+            pass
+    finally:
+        os.close(fd)
+    assert sorted([MANIFEST_NAME, live.name]) == _files(tmp_path)
+
+
+def test_a_manifest_linked_in_meanwhile_wins(tmp_path: Path) -> None:
+    """When another writer creates the manifest first, its file stands and this one is dropped."""
+    path = manifest_path(tmp_path)
+
+    def race(conn: sqlite3.Connection) -> None:
+        if not path.exists() and "tmp" in conn.execute("PRAGMA database_list").fetchone()[2]:
+            with Manifest(path) as first:
+                first.record_results([mirrored()])
+
+    with Manifest(path, on_connect=race) as second:
+        assert 1 == second.counts()["mirrored"]
+    assert [MANIFEST_NAME] == _files(tmp_path)
+
+
+def test_an_in_memory_manifest_makes_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ ":memory:" (a dry run's stand-in) stays in memory; no file of that name appears."""
+    monkeypatch.chdir(tmp_path)
+    with Manifest(Path(":memory:")) as manifest:
+        manifest.record_results([mirrored()])
+        assert 1 == manifest.counts()["mirrored"]
+    assert [] == _files(tmp_path)
