@@ -31,6 +31,9 @@ from PIL import Image
 
 from mirror.config import Config, FetchConfig, NetworkConfig
 
+# The Hexo site and browser harness (tests/hexo_site.py, tests/browser.py): fixtures for every test.
+pytest_plugins = ("hexo_site", "browser")
+
 ORIGIN = "origin.example"
 BIG_BODY = 60 * 1024 * 1024
 PNG_ETAG = '"png-v1"'
