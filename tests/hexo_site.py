@@ -189,7 +189,8 @@ def generate(
     for folder, path in folders.items():
         _copy(path, source.joinpath(*folder.parts))
     offline_log = site / "offline-guard.log"
-    node_options = f"{os.environ.get('NODE_OPTIONS', '')} --require={OFFLINE_GUARD}".strip()
+    # Quoted, as NODE_OPTIONS splits on spaces and a checkout's path may hold one.
+    node_options = f'{os.environ.get("NODE_OPTIONS", "")} --require="{OFFLINE_GUARD}"'.strip()
     env = {
         **os.environ,
         "NODE_OPTIONS": node_options,
