@@ -31,8 +31,9 @@ from PIL import Image
 
 from mirror.config import Config, FetchConfig, NetworkConfig
 
-# moto's S3 server and the per-test bucket fixtures (tests/s3_server.py).
-pytest_plugins = ["s3_server"]
+# Fixtures for every test: moto's S3 server and per-test buckets (tests/s3_server.py), the Hexo
+# site and browser harness (tests/hexo_site.py, tests/browser.py).
+pytest_plugins = ("s3_server", "hexo_site", "browser")
 
 ORIGIN = "origin.example"
 BIG_BODY = 60 * 1024 * 1024
