@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from mirror import manifest as manifest_module
 from mirror.atomic import temp_name
 from mirror.errors import ManifestError
 from mirror.manifest import (
@@ -24,6 +23,7 @@ from mirror.manifest import (
     SourceResult,
     manifest_path,
 )
+from mirror.manifest import sqlite as manifest_module
 from mirror.models import Span
 
 SHA_A = hashlib.sha256(b"a").hexdigest()
@@ -99,8 +99,8 @@ def test_migrations_apply_in_order_from_the_stored_version(
     with Manifest(path) as manifest:
         manifest.record_results([mirrored()])
     extra = ("CREATE TABLE notes (text TEXT)", "INSERT INTO notes VALUES ('migrated')")
-    monkeypatch.setattr("mirror.manifest.MIGRATIONS", (*manifest_module.MIGRATIONS, extra))
-    monkeypatch.setattr("mirror.manifest.SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    monkeypatch.setattr("mirror.manifest.sqlite.MIGRATIONS", (*manifest_module.MIGRATIONS, extra))
+    monkeypatch.setattr("mirror.manifest.sqlite.SCHEMA_VERSION", SCHEMA_VERSION + 1)
     for _ in range(2):
         with Manifest(path) as manifest:
             version = manifest.conn.execute("PRAGMA user_version").fetchone()[0]
@@ -133,7 +133,7 @@ def test_locked_manifest_is_a_manifest_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A writer blocked by another writer gets a message saying the file is locked."""
-    monkeypatch.setattr("mirror.manifest.BUSY_TIMEOUT_MS", 50)
+    monkeypatch.setattr("mirror.manifest.sqlite.BUSY_TIMEOUT_MS", 50)
     path = manifest_path(tmp_path)
     with (
         Manifest(path) as first,
@@ -358,8 +358,8 @@ def test_a_full_disk_while_upgrading_keeps_the_old_schema(
         manifest.record_results([mirrored()])
     filler = "INSERT INTO notes SELECT zeroblob(4000) FROM (SELECT 1 UNION SELECT 2 UNION SELECT 3)"
     extra = ("CREATE TABLE notes (blob BLOB)", filler, filler.replace("zeroblob", "randomblob"))
-    monkeypatch.setattr("mirror.manifest.MIGRATIONS", (*manifest_module.MIGRATIONS, extra))
-    monkeypatch.setattr("mirror.manifest.SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    monkeypatch.setattr("mirror.manifest.sqlite.MIGRATIONS", (*manifest_module.MIGRATIONS, extra))
+    monkeypatch.setattr("mirror.manifest.sqlite.SCHEMA_VERSION", SCHEMA_VERSION + 1)
     used = sqlite3.connect(path).execute("PRAGMA page_count").fetchone()[0]
     with pytest.raises(ManifestError, match="the disk is full while opening"):
         Manifest(path, on_connect=_pages(used + 2)).open()

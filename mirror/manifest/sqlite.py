@@ -1,5 +1,5 @@
 """
-The manifest: what every source URL became, which objects exist, and how posts were rewritten.
+The SQLite manifest: what every source URL became, which objects exist, how posts were rewritten.
 
 One SQLite file, ``<store>/manifest.sqlite3``, in WAL mode so readers (``serve``, reports) never
 block the one writer. Times are Unix seconds (REAL). Tables:
