@@ -124,6 +124,8 @@ class FetchConfig:
     backoff_max: float = 8.0
     retry_after_cap: float = 10.0
     max_bytes: int = 20 * MiB
+    min_rate: int = 2048
+    min_rate_window: float = 10.0
     max_redirects: int = 5
     failure_backoff: float = 600.0
     host_failures: int = 5
@@ -139,6 +141,8 @@ class FetchConfig:
         _need("fetch.backoff_initial", self.backoff_initial >= 0, "must not be negative")
         _need("fetch.retry_after_cap", self.retry_after_cap >= 0, "must not be negative")
         _need("fetch.max_redirects", self.max_redirects >= 0, "must not be negative")
+        _need("fetch.min_rate", self.min_rate >= 0, "must not be negative (0 turns it off)")
+        _positive("fetch.min_rate_window", self.min_rate_window)
         _need("fetch.sources", bool(self.sources), "needs at least one source")
         for source in self.sources:
             _one_of("fetch.sources", source, SOURCES)

@@ -13,10 +13,16 @@ For each source URL the configured ``fetch.sources`` are tried in order:
 The first that delivers a verified image wins. When a host answers 403 or a placeholder of
 another size, the request profiles configured for it (Referer, User-Agent, headers) are tried
 in order; the one that worked is remembered per host (in the manifest) and tried first next
-time, and recorded per object as ``<source>/<profile>`` in ``fetched_from``.
+time, and recorded per object as ``<source>/<profile>`` in ``via``.
+
+Each object records how it was found: ``via`` is the source and profile (``origin``, ``proxy``,
+``https``, ``alternates``, ``wayback``, ``origin/<profile>``) and ``fetched_from`` the URL that
+delivered the bytes after redirects (the exact ``web.archive.org/web/<ts>id_/...`` capture, say),
+by which a rescue is audited. Every try is an :class:`~mirror.manifest.Attempt` with its reason
+and a short detail; ``-v`` logs one line per failed try (logger ``mirror.fetch``).
 
 A per-host circuit breaker: after ``fetch.host_failures`` consecutive host-level failures
-(connection, timeout, TLS, truncation, 5xx) in one run, the origin host is not asked again in
+(DNS, connection, timeout, TLS, truncation, 5xx) in one run, the origin host is not asked again in
 that run: its remaining sources go straight to the other candidates (proxy, wayback...) and, when
 none delivers, fail with ``host-down``, due again next run instead of eating this run's time.
 """
@@ -33,7 +39,8 @@ from dataclasses import dataclass
 
 from mirror.config import Config, ProfileConfig
 from mirror.errors import FetchError, MirrorError, PolicyError, VerifyError
-from mirror.fetch import Fetcher
+from mirror.failure import short
+from mirror.fetch import Fetcher, HostFilter
 from mirror.manifest import Attempt, Manifest, SourceResult
 from mirror.models import ImageRef, StoredObject
 from mirror.source import host_allowed, hostname, origin_host
@@ -45,12 +52,16 @@ log = logging.getLogger("mirror.fetch")
 WAYBACK = "https://web.archive.org/web/{stamp}id_/{url}"
 # Answers that a different request might change: a hotlink block or a placeholder image.
 PROFILE_REASONS = frozenset({"http-403", "size-mismatch"})
-_HOST_LEVEL = re.compile(r"connection|timeout|tls|truncated|http-5\d\d")
+_HOST_LEVEL = re.compile(r"dns|connection|timeout|tls|truncated|http-5\d\d")
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """How one source ended in this run; ``next_attempt`` is when a failure is due again."""
+    """
+    How one source ended in this run; ``next_attempt`` is when a failure is due again.
+
+    ``via`` is the source (and profile) that delivered, ``fetched_from`` the URL it came from.
+    """
 
     status: str
     reason: str | None = None
@@ -64,6 +75,7 @@ class Outcome:
     etag: str | None = None
     last_modified: str | None = None
     http_status: int = 200
+    via: str | None = None
 
     def result(self, source: str, now: float) -> SourceResult:
         """The manifest row this outcome of ``source`` makes."""
@@ -79,6 +91,7 @@ class Outcome:
             width=self.width,
             height=self.height,
             fetched_from=self.fetched_from,
+            via=self.via,
             attempts=self.attempts,
             etag=self.etag,
             last_modified=self.last_modified,
@@ -180,12 +193,15 @@ class Downloader:
         context: Context,
         headers: dict[str, str],
         names: tuple[str, ...] | None = None,
+        allow: HostFilter | None = None,
     ) -> Outcome:
         """
         Try every candidate URL of ``source`` until one gives a verified image; store it.
 
         ``headers`` are sent with the origin request (conditional validators on a refresh);
-        ``names`` overrides ``fetch.sources``. A 304 answer is a mirrored outcome with no object.
+        ``names`` overrides ``fetch.sources``; ``allow``, when given, must accept the host of
+        every hop (``serve``'s open-mode allowlist). A 304 answer is a mirrored outcome with no
+        object.
 
         Raises:
             MirrorError: the store cannot be written (the run stops); never for a bad upstream.
@@ -201,7 +217,7 @@ class Downloader:
         for name, url in candidates(names, source, refs, context, now):
             at_origin = name in ("origin", "https")
             if at_origin and host in self._down:
-                attempts.append(Attempt(name, url, "host-down"))
+                attempts.append(Attempt(name, url, "host-down", f"{host} is down in this run"))
                 first = first or FetchError(f"{host} is down in this run", "host-down")
                 continue
             for profile in self._profiles_for(host) if at_origin else [None]:
@@ -212,7 +228,9 @@ class Downloader:
                     extra.update(profile.header_map(home))
                 try:
                     gate = (lambda: self._gate(host)) if at_origin else None
-                    download = await self.fetcher.get(url, limit_key=host, headers=extra, gate=gate)
+                    download = await self.fetcher.get(
+                        url, limit_key=host, headers=extra, gate=gate, allow=allow
+                    )
                     if download.status == 304:
                         attempts.append(Attempt(label, url, "not-modified"))
                         self._healthy(host)
@@ -220,7 +238,16 @@ class Downloader:
                     info = await verify_async(download.data, self.config.verify, declared, kind)
                     obj = await self._put(download.data, download.sha256, info.ext)
                 except (FetchError, VerifyError) as exc:
-                    attempts.append(Attempt(label, url, exc.reason))
+                    detail = short(exc.detail if isinstance(exc, FetchError) else str(exc))
+                    attempts.append(Attempt(label, url, exc.reason, detail))
+                    log.info(
+                        "%s failed: host=%s reason=%s detail=%s url=%s",
+                        label,
+                        hostname(url),
+                        exc.reason,
+                        detail,
+                        url,
+                    )
                     first = first or exc
                     if at_origin:
                         self._failed(host, exc.reason)
@@ -242,10 +269,11 @@ class Downloader:
                     info.format,
                     info.width,
                     info.height,
-                    label,
+                    download.final_url,
                     tuple(attempts),
                     etag=download.etag if name == "origin" else None,
                     last_modified=download.last_modified if name == "origin" else None,
+                    via=label,
                 )
         status = "blocked" if isinstance(first, PolicyError) else "failed"
         reason, code = (first.reason, first.http_status) if first else ("no-source", 404)

@@ -8,7 +8,7 @@ status.
     ├── UsageError                   exit 2  (bad command line)
     ├── ConfigError                  exit 2  (bad config key or value; names the key)
     ├── ExtractError                 a post that cannot be read at all
-    ├── FetchError                   HTTP 502, carries a report ``reason``
+    ├── FetchError                   HTTP 502, carries a report ``reason`` and a short ``detail``
     │   ├── PolicyError              HTTP 403 (private-address, bad-port, not-allowed)
     │   ├── UpstreamStatusError      http-NNN; HTTP 404 for an upstream 404, else 502
     │   ├── UpstreamTimeout          HTTP 504 (also a TimeoutError)
@@ -20,7 +20,9 @@ status.
     └── ManifestError                the manifest cannot be read or written
 
 The report ``reason`` strings are a public vocabulary (reports, the manifest and ``serve`` agree on
-them), so they live on the exceptions rather than in message text.
+them), so they live on the exceptions rather than in message text. A FetchError's ``detail`` is the
+short human half ("cannot resolve img.example.com", "read timeout after 20 s", "HTTP 403
+Forbidden") that reports and ``-v`` show beside the reason; ``serve`` never sends it to a client.
 """
 
 from __future__ import annotations
@@ -68,15 +70,16 @@ class ExtractError(MirrorError):
 
 
 class FetchError(MirrorError):
-    """Downloading failed; ``reason`` is the report's reason code."""
+    """Downloading failed; ``reason`` is the report's reason code, ``detail`` says what happened."""
 
     http_status = 502
     reason = "connection"
 
-    def __init__(self, message: str, reason: str | None = None) -> None:
+    def __init__(self, message: str, reason: str | None = None, detail: str | None = None) -> None:
         super().__init__(message)
         if reason is not None:
             self.reason = reason
+        self.detail = detail if detail is not None else message
 
 
 class PolicyError(FetchError):
@@ -89,8 +92,9 @@ class PolicyError(FetchError):
 class UpstreamStatusError(FetchError):
     """The server answered with a status that is not a success."""
 
-    def __init__(self, status: int, message: str | None = None) -> None:
-        super().__init__(message or f"upstream answered HTTP {status}", f"http-{status}")
+    def __init__(self, status: int, message: str | None = None, detail: str | None = None) -> None:
+        message = message or f"upstream answered HTTP {status}"
+        super().__init__(message, f"http-{status}", detail or f"HTTP {status}")
         self.status = status
         self.http_status = 404 if status == 404 else 502
 

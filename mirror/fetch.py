@@ -1,11 +1,18 @@
 """
-Download image bytes over HTTP(S) under the address policy, with retries and a byte cap.
+Download image bytes over HTTP(S) under the address policy, with retries, a byte cap, a rate floor.
 
 One :class:`Fetcher` owns one aiohttp session for a whole run. The address policy is enforced where
-the connection is made, not on the URL's name: :class:`PolicyResolver` filters every DNS answer
-aiohttp will connect to (so a name cannot resolve to one address when checked and another when
-used), IP literals (which aiohttp never resolves) are checked before the request, and the socket
-factory checks the final socket address as a last line of defence.
+the connection is made, not on the URL's name (:mod:`mirror.connect`): every DNS answer aiohttp
+will connect to is filtered, IP literals (which aiohttp never resolves) are checked before the
+request, and the socket factory checks the final socket address as a last line of defence.
+Through an HTTP(S) proxy a request is pinned to the address vetted here, so the proxy never
+resolves a post's name; each redirect hop is admitted afresh (scheme, address, port, and the
+caller's host allowlist).
+
+Slow upstreams are bounded three ways: the response head must arrive within ``connect_timeout +
+read_timeout``; after it, the body must keep ``fetch.min_rate`` bytes per second over every
+``fetch.min_rate_window`` (:class:`~mirror.rate.RateFloor`); and a host never holds more than
+``fetch.per_host`` of the ``fetch.jobs`` slots.
 """
 
 from __future__ import annotations
@@ -13,57 +20,64 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
-import errno
 import hashlib
+import logging
 import socket
 import ssl
 import time
-import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC
 from types import TracebackType
-from typing import Self
+from typing import BinaryIO, Self
 from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined]
 
 import aiohttp
-from aiohappyeyeballs import AddrInfoType
-from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.abc import AbstractResolver
 from tenacity import AsyncRetrying, RetryCallState, wait_random_exponential
 from yarl import URL
 
-from mirror.config import Config, NetworkConfig, parse_connect_to
+from mirror.body import read_body
+from mirror.config import Config, parse_connect_to
+from mirror.connect import PolicyResolver, env_proxies, name_key
 from mirror.errors import (
     ConfigError,
     FetchError,
     PolicyError,
-    TooLarge,
-    Truncated,
     UpstreamStatusError,
     UpstreamTimeout,
 )
+from mirror.failure import classify, status_detail
 from mirror.models import Download
-from mirror.policy import IPAddress, check_ip, check_port, ip_literal, is_blocked, match_connect_to
+from mirror.policy import check_ip, check_port, ip_literal, match_connect_to
+
+log = logging.getLogger("mirror.fetch")
 
 ACCEPT = "image/avif,image/webp,image/*,*/*;q=0.8"
-CHUNK = 64 * 1024
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 OK_STATUSES = frozenset({200, 203})
 RETRY_STATUSES = frozenset({408, 425, 429})
-RETRY_REASONS = frozenset({"connection", "timeout", "truncated"})
+RETRY_REASONS = frozenset({"connection", "dns", "timeout", "truncated"})
 CONDITIONAL = frozenset({"if-none-match", "if-modified-since"})
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
-
-class BlockedAddress(PermissionError):
-    """The socket factory refused an address; an OSError so aiohttp reports it, not swallows it."""
-
-    MARK = "blocked by the address policy"
+HostFilter = Callable[[str], bool]
 
 
 class _StatusError(UpstreamStatusError):
-    def __init__(self, status: int, retry_after: float | None) -> None:
-        super().__init__(status)
+    def __init__(self, status: int, retry_after: float | None, detail: str) -> None:
+        super().__init__(status, detail=detail)
         self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """How a hop is sent: ``url`` is the hop itself, or its vetted address when ``name`` is set."""
+
+    url: URL
+    proxy: URL | None = None
+    name: str | None = None  # the Host header
+    tls_name: str | None = None  # the SNI and the name the certificate must carry
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -89,113 +103,21 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def _env_proxies() -> tuple[dict[str, str], dict[str, URL]]:
-    env = urllib.request.getproxies_environment()
-    proxies: dict[str, URL] = {}
-    for scheme in ("http", "https"):
-        value = env.get(scheme)
-        if value:
-            proxy = URL(value if "://" in value else f"http://{value}")
-            # aiohttp speaks only to HTTP(S) proxies; a SOCKS one is left unused, not misused.
-            if proxy.scheme in ("http", "https") and proxy.host:
-                proxies[scheme] = proxy
-    return env, proxies
-
-
-class PolicyResolver(AbstractResolver):
+class Fetcher:
     """
-    Resolve through ``inner``, apply ``connect_to``, and keep only addresses the policy allows.
+    One HTTP session for a run: ``async with Fetcher(config) as f: await f.get(url)``.
 
-    A name on a ``connect_to`` left side, or a proxy's own name, is trusted: its mapped addresses
-    skip the address policy. Every address handed out for a trusted name is remembered, so the
-    socket factory can tell it from an address that slipped past the checks.
+    ``resolver`` replaces the system DNS (tests answer from a table; the address policy still
+    judges every answer); ``sleep`` is what the retry loop waits with (tests record the delays).
     """
 
     def __init__(
         self,
-        inner: AbstractResolver,
-        network: NetworkConfig,
+        config: Config,
         *,
-        trusted: Iterable[tuple[str, int]] = (),
-        owns_inner: bool = False,
+        resolver: AbstractResolver | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self._inner = inner
-        self._owns_inner = owns_inner
-        self._network = network
-        self._connect_to = tuple(parse_connect_to(entry) for entry in network.connect_to)
-        self._trusted_names: set[tuple[str, int]] = set()
-        self.trusted_addresses: set[tuple[IPAddress, int]] = set()
-        for host, port in trusted:
-            literal = ip_literal(host)
-            if literal is None:
-                self._trusted_names.add((host.lower(), port))
-            else:
-                self.trusted_addresses.add((literal, port))
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        """Answer for ``host:port`` with blocked addresses dropped; PolicyError if none is left."""
-        entry = match_connect_to(self._connect_to, host, port)
-        if entry is not None:
-            return await self._trust(host, entry.to_host or host, entry.to_port or port, family)
-        if (host.rstrip(".").lower(), port) in self._trusted_names:
-            return await self._trust(host, host, port, family)
-        answers = await self._inner.resolve(host, port, family)
-        allowed = [a for a in answers if not self._blocked(a["host"])]
-        if not allowed:
-            raise PolicyError(f"{host} resolves only to blocked addresses", "private-address")
-        return allowed
-
-    async def vet(self, host: str, port: int) -> None:
-        """Check a name a proxy will resolve: every answer must pass, as the proxy may pick any."""
-        answers = await self._inner.resolve(host, port, socket.AF_UNSPEC)
-        if not answers or any(self._blocked(a["host"]) for a in answers):
-            raise PolicyError(f"{host} resolves to a blocked address", "private-address")
-
-    async def close(self) -> None:
-        """Close the inner resolver when this one created it."""
-        if self._owns_inner:
-            await self._inner.close()
-
-    def open_socket(self, addr_info: AddrInfoType) -> socket.socket:
-        """aiohttp's socket factory: the last check, on the exact address about to be connected."""
-        family, type_, proto, _canonname, sockaddr = addr_info
-        literal = ip_literal(str(sockaddr[0]))
-        if literal is None or (
-            (literal, int(sockaddr[1])) not in self.trusted_addresses
-            and self._blocked(str(literal))
-        ):
-            raise BlockedAddress(errno.EACCES, f"{sockaddr[0]} is {BlockedAddress.MARK}")
-        return socket.socket(family, type_, proto)
-
-    def _blocked(self, address: str) -> bool:
-        literal = ip_literal(address)
-        return not self._network.allow_private and (literal is None or is_blocked(literal))
-
-    async def _trust(
-        self, name: str, host: str, port: int, family: socket.AddressFamily
-    ) -> list[ResolveResult]:
-        literal = ip_literal(host)
-        if literal is None:
-            answers = await self._inner.resolve(host, port, family)
-        else:
-            inet = socket.AF_INET if literal.version == 4 else socket.AF_INET6
-            answer = ResolveResult(
-                hostname=name, host=str(literal), port=port, family=inet, proto=0, flags=0
-            )
-            answers = [answer]
-        for answer in answers:
-            address = ip_literal(answer["host"])
-            if address is not None:
-                self.trusted_addresses.add((address, answer["port"]))
-        return answers
-
-
-class Fetcher:
-    """One HTTP session for a run: ``async with Fetcher(config) as f: await f.get(url)``."""
-
-    def __init__(self, config: Config, *, resolver: AbstractResolver | None = None) -> None:
         self._fetch = config.fetch
         self._network = config.network
         self._connect_to = tuple(parse_connect_to(entry) for entry in config.network.connect_to)
@@ -203,8 +125,16 @@ class Fetcher:
             # aiohttp never asks the resolver about IP literals, so such a mapping would be ignored.
             if ip_literal(entry.host) is not None:
                 raise ConfigError("network.connect_to", f"{entry.host} must be a host name")
-        self._proxy_env, self._proxies = _env_proxies()
+        self._proxy_env, self._proxies = env_proxies()
+        # A request to a proxy's own name is pinned like a proxied one, so it never meets the
+        # answer trusted for the proxy connection (spellings differing in case or a dot included).
+        self._proxy_names = frozenset(
+            name_key(p.raw_host or "")
+            for p in self._proxies.values()
+            if ip_literal(p.raw_host or "") is None
+        )
         self._inner = resolver
+        self._sleep = sleep
         self._resolver: PolicyResolver | None = None
         self._session: aiohttp.ClientSession | None = None
         self._jobs = asyncio.Semaphore(config.fetch.jobs)
@@ -233,8 +163,13 @@ class Fetcher:
         context = self._ssl_context()
         owns = self._inner is None
         inner = self._inner if self._inner is not None else aiohttp.DefaultResolver()
-        proxies = [(p.host or "", p.port or 0) for p in self._proxies.values()]
-        self._resolver = PolicyResolver(inner, self._network, trusted=proxies, owns_inner=owns)
+        # A proxy given by address is trusted as it is; one given by name, once resolved.
+        literals = tuple(
+            (p.raw_host or "", p.port or 0)
+            for p in self._proxies.values()
+            if ip_literal(p.raw_host or "") is not None
+        )
+        self._resolver = PolicyResolver(inner, self._network, trusted=literals, owns_inner=owns)
         connector = aiohttp.TCPConnector(
             limit=self._fetch.jobs,
             ttl_dns_cache=60,
@@ -274,29 +209,51 @@ class Fetcher:
         limit_key: str | None = None,
         headers: Mapping[str, str] | None = None,
         gate: Callable[[], None] | None = None,
+        allow: HostFilter | None = None,
+        into: BinaryIO | None = None,
     ) -> Download:
         """
         Download ``url``, retrying transient failures with backoff.
 
-        ``limit_key`` (default: the URL's host) names the per-host concurrency limit; conditional
-        ``headers`` (If-None-Match, If-Modified-Since) make a 304 come back as a Download.
-        ``gate`` is called once a request holds its slot, right before it is sent, and may raise
-        a FetchError to cancel it (the circuit breaker: requests queued behind a host that has
-        just gone down are not sent).
+        Args:
+            url: the absolute http(s) URL.
+            limit_key: names the per-host concurrency limit (default: the URL's host).
+            headers: extra request headers; conditional ones (If-None-Match,
+                If-Modified-Since) make a 304 come back as a Download.
+            gate: called once a request holds its slot, right before it is sent; may raise a
+                FetchError to cancel it (the circuit breaker: requests queued behind a host that
+                has just gone down are not sent).
+            allow: a host predicate checked on every hop, redirects included (``serve``'s
+                open-mode allowlist); a host it refuses is PolicyError ``not-allowed``.
+            into: a file the body is written to as it streams (truncated at the start of every
+                attempt, since a retry starts over); the Download's ``data`` is then ``b""``.
 
         Raises:
-            FetchError: or a subclass; ``reason`` says why.
+            FetchError: or a subclass; ``reason`` says why and ``detail`` what happened.
+            StoreError: ``into`` cannot be written.
         """
         # A plain loop: tenacity's AsyncRetrying, paid on every request, measured at about a
         # fifth of a fetch's CPU; its wait strategy still decides the backoff (_delay).
         attempt = 1
         while True:
             try:
-                return await self.get_once(url, limit_key=limit_key, headers=headers, gate=gate)
+                return await self.get_once(
+                    url, limit_key=limit_key, headers=headers, gate=gate, allow=allow, into=into
+                )
             except FetchError as exc:
                 if attempt >= self._fetch.attempts or not is_retryable(exc):
                     raise
-                await asyncio.sleep(self._delay(exc, attempt))
+                delay = self._delay(exc, attempt)
+                log.info(
+                    "retry %d of %d in %.2f s: url=%s reason=%s detail=%s",
+                    attempt + 1,
+                    self._fetch.attempts,
+                    delay,
+                    url,
+                    exc.reason,
+                    exc.detail,
+                )
+                await self._sleep(delay)
                 attempt += 1
 
     async def get_once(
@@ -306,34 +263,26 @@ class Fetcher:
         limit_key: str | None = None,
         headers: Mapping[str, str] | None = None,
         gate: Callable[[], None] | None = None,
+        allow: HostFilter | None = None,
+        into: BinaryIO | None = None,
     ) -> Download:
         """One attempt of :meth:`get`, following redirects but never retrying."""
         try:
             start = URL(url)
         except (TypeError, ValueError) as exc:
-            raise FetchError(f"{url!r} is not a URL: {exc}", "bad-url") from exc
+            raise FetchError(f"{url!r} is not a URL: {exc}", "bad-url", "not a URL") from exc
+        if into is not None:
+            into.seek(0)
+            into.truncate()
         async with self._slot(limit_key or start.host or ""):
             if gate is not None:
                 gate()
             try:
-                return await self._follow(url, start, dict(headers or {}))
+                return await self._follow(url, start, dict(headers or {}), allow, into)
             except FetchError:
-                raise
-            except aiohttp.ClientConnectorCertificateError as exc:
-                raise FetchError(f"{url}: certificate rejected: {exc}", "tls") from exc
-            except TimeoutError as exc:
-                raise UpstreamTimeout(f"{url}: timed out") from exc
-            except aiohttp.ClientPayloadError as exc:
-                raise Truncated(f"{url}: body cut short: {exc}") from exc
-            except aiohttp.InvalidURL as exc:
-                raise FetchError(f"{url}: bad URL: {exc}", "bad-url") from exc
-            except aiohttp.ClientConnectorError as exc:
-                # Happy Eyeballs folds the errors of several addresses into one message.
-                if BlockedAddress.MARK in str(exc.os_error):
-                    raise PolicyError(f"{url}: {exc}", "private-address") from exc
-                raise FetchError(f"{url}: cannot connect: {exc}", "connection") from exc
-            except (aiohttp.ClientError, OSError) as exc:
-                raise FetchError(f"{url}: connection failed: {exc!r}", "connection") from exc
+                raise  # UpstreamTimeout is a TimeoutError too: never classified twice
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                raise classify(exc, url, self._fetch) from exc
 
     @contextlib.asynccontextmanager
     async def _slot(self, key: str) -> AsyncIterator[None]:
@@ -359,87 +308,123 @@ class Fetcher:
         state.attempt_number = attempt
         return float(self._backoff(state))
 
-    async def _follow(self, url: str, current: URL, headers: dict[str, str]) -> Download:
+    async def _follow(
+        self,
+        url: str,
+        current: URL,
+        headers: dict[str, str],
+        allow: HostFilter | None,
+        into: BinaryIO | None,
+    ) -> Download:
         session, resolver = self._session, self._resolver
         if session is None or resolver is None:
             raise RuntimeError("Fetcher used outside 'async with'")
         conditional = any(name.lower() in CONDITIONAL for name in headers)
         for _hop in range(self._fetch.max_redirects + 1):
-            proxy = await self._admit(current, resolver)
-            async with session.get(
-                current,
-                headers=headers,
-                allow_redirects=False,
-                proxy=proxy.with_user(None) if proxy else None,
-                proxy_auth=_proxy_auth(proxy),
-            ) as resp:
+            route = await self._admit(current, resolver, allow)
+            resp = await self._open(session, route, headers)
+            try:
                 location = resp.headers.get("Location")
                 if resp.status in REDIRECTS and location:
                     try:
                         current = current.join(URL(location)).with_fragment(None)
                     except ValueError as exc:
-                        raise FetchError(f"{url}: bad redirect {location!r}", "bad-url") from exc
+                        raise FetchError(
+                            f"{url}: bad redirect {location!r}", "bad-url", "bad redirect Location"
+                        ) from exc
                     continue
-                return await self._read(url, current, resp, conditional)
+                return await self._read(url, current, resp, conditional, into)
+            finally:
+                resp.release()
         raise FetchError(
-            f"{url}: more than {self._fetch.max_redirects} redirects", "too-many-redirects"
+            f"{url}: more than {self._fetch.max_redirects} redirects",
+            "too-many-redirects",
+            f"more than {self._fetch.max_redirects} redirects",
         )
 
-    async def _admit(self, url: URL, resolver: PolicyResolver) -> URL | None:
-        """Check one hop before anything is sent; return the proxy to send it through, if any."""
+    async def _open(
+        self, session: aiohttp.ClientSession, route: _Route, headers: dict[str, str]
+    ) -> aiohttp.ClientResponse:
+        """Send one hop and wait for its response head, which must not trickle in either."""
+        if route.name is not None:
+            headers = {**headers, "Host": route.name}
+        limit = self._fetch.connect_timeout + self._fetch.read_timeout
+        timer = asyncio.timeout(limit)
+        try:
+            async with timer:
+                return await session.get(
+                    route.url,
+                    headers=headers,
+                    allow_redirects=False,
+                    proxy=route.proxy.with_user(None) if route.proxy else None,
+                    proxy_auth=_proxy_auth(route.proxy),
+                    server_hostname=route.tls_name,
+                )
+        except TimeoutError as exc:
+            if timer.expired():
+                raise UpstreamTimeout(
+                    f"{route.url}: no response head in {limit:g} s",
+                    detail=f"no response head after {limit:g} s",
+                ) from exc
+            raise
+
+    async def _admit(self, url: URL, resolver: PolicyResolver, allow: HostFilter | None) -> _Route:
+        """Check one hop before anything is sent; return how to send it."""
         if url.scheme not in ("http", "https"):
-            raise PolicyError(f"{url}: scheme {url.scheme!r} is not allowed", "not-allowed")
+            raise PolicyError(
+                f"{url}: scheme {url.scheme!r} is not allowed",
+                "not-allowed",
+                f"scheme {url.scheme!r} is not allowed",
+            )
         host = url.raw_host
         if not host:
-            raise FetchError(f"{url}: no host", "bad-url")
+            raise FetchError(f"{url}: no host", "bad-url", "no host")
         literal = ip_literal(host)
         # Address before port: for an IP literal the address is the more telling refusal.
         if literal is not None:
             check_ip(literal, self._network)
         check_port(url.port, self._network)
+        if allow is not None and not allow(name_key(host)):
+            raise PolicyError(
+                f"{url}: {host} is not an allowed host", "not-allowed", f"{host} is not allowed"
+            )
         port = url.port or 0
         if match_connect_to(self._connect_to, host, port) is not None:
-            return None
+            return _Route(url)
         proxy = self._proxies.get(url.scheme)
-        if proxy is None or proxy_bypass_environment(host, self._proxy_env):
-            return None
-        if literal is None:
-            await resolver.vet(host, port)
-        return proxy
+        if proxy is not None and proxy_bypass_environment(host, self._proxy_env):
+            proxy = None
+        if proxy is not None:
+            await resolver.pin_proxy(proxy)
+        if literal is not None or (proxy is None and name_key(host) not in self._proxy_names):
+            return _Route(url, proxy)
+        try:
+            answers = await resolver.public(host, port)
+        except OSError as exc:
+            raise FetchError(
+                f"{url}: cannot resolve {host}: {exc}", "dns", f"cannot resolve {host}"
+            ) from exc
+        # One address must be chosen for the proxy: IPv4 first, which any proxy can reach.
+        address = min(answers, key=lambda a: a["family"] != socket.AF_INET)["host"]
+        tls_name = host.rstrip(".") if url.scheme == "https" else None
+        return _Route(url.with_host(address), proxy, url.host_port_subcomponent, tls_name)
 
     async def _read(
-        self, url: str, final: URL, resp: aiohttp.ClientResponse, conditional: bool
+        self,
+        url: str,
+        final: URL,
+        resp: aiohttp.ClientResponse,
+        conditional: bool,
+        into: BinaryIO | None,
     ) -> Download:
         etag, modified = resp.headers.get("ETag"), resp.headers.get("Last-Modified")
         if resp.status == 304 and conditional:
             return Download(url, str(final), b"", EMPTY_SHA256, 304, etag, modified)
         if resp.status not in OK_STATUSES:
-            raise _StatusError(resp.status, parse_retry_after(resp.headers.get("Retry-After")))
-        cap = self._fetch.max_bytes
-        declared = resp.content_length
-        try:
-            if declared is not None and declared > cap:
-                raise TooLarge(f"{url}: Content-Length {declared} is over the cap of {cap}")
-            digest, parts, total = hashlib.sha256(), list[bytes](), 0
-            async for chunk in resp.content.iter_chunked(CHUNK):
-                total += len(chunk)
-                if total > cap:
-                    raise TooLarge(f"{url}: body passed the cap of {cap} bytes")
-                digest.update(chunk)
-                parts.append(chunk)
-            # Compressed bodies are measured after decoding, so only an identity body can be short.
-            if (
-                declared is not None
-                and total < declared
-                and not resp.headers.get("Content-Encoding")
-            ):
-                raise Truncated(f"{url}: got {total} of {declared} bytes")
-        except BaseException:
-            resp.close()  # drop the connection rather than drain a body nobody wants
-            raise
-        return Download(
-            url, str(final), b"".join(parts), digest.hexdigest(), resp.status, etag, modified
-        )
+            retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+            raise _StatusError(resp.status, retry_after, status_detail(resp.status, resp.reason))
+        data, sha256 = await read_body(url, resp, self._fetch, into)
+        return Download(url, str(final), data, sha256, resp.status, etag, modified)
 
 
 def _proxy_auth(proxy: URL | None) -> aiohttp.BasicAuth | None:

@@ -114,6 +114,7 @@ def _outcome_from_row(row: SourceRow) -> Outcome:
         row.attempts,
         etag=row.etag,
         last_modified=row.last_modified,
+        via=row.via,
     )
 
 
@@ -497,9 +498,11 @@ class Job:
             "height": outcome.height,
             "file": self.store.relpath(obj.sha256, obj.ext) if obj else None,
             "local_url": url,
+            "via": outcome.via,
             "fetched_from": outcome.fetched_from,
             "attempts": [
-                {"source": a.source, "url": a.url, "outcome": a.outcome} for a in outcome.attempts
+                {"source": a.source, "url": a.url, "outcome": a.outcome, "detail": a.detail}
+                for a in outcome.attempts
             ],
         }
         self.report.write(json.dumps(row, ensure_ascii=False) + "\n")

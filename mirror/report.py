@@ -2,9 +2,11 @@
 ``mirror report --html FILE``: one self-contained HTML page for deciding what to rescue next.
 
 The page shows totals by status, one row per origin host (failures by reason, most failures
-first), a bounded gallery of mirrored images as inline JPEG thumbnails, and every failed or
-blocked source with its reason and attempts. Given the posts (PATH arguments), it links images and
-failures to the post lines that name them; the manifest alone does not know which post uses what.
+first), a bounded gallery of mirrored images as inline JPEG thumbnails (each with how it was found,
+``via``, and the URL that delivered it, ``fetched_from``), and every failed or blocked source with
+its reason and attempts (each with its detail). Given the posts (PATH arguments), it links images
+and failures to the post lines that name them; the manifest alone does not know which post uses
+what.
 
 Self-contained on purpose: the file is mailed, attached to issues and opened from disk, and a page
 about a dying proxy must not itself depend on anything remote. Its Content-Security-Policy
@@ -21,7 +23,6 @@ import base64
 import hashlib
 import html
 import io
-import json
 import os
 import re
 import sqlite3
@@ -38,7 +39,7 @@ from PIL import Image, ImageOps
 from mirror.config import Config
 from mirror.errors import ManifestError, StoreError, UsageError
 from mirror.extract import Extractor
-from mirror.manifest import Attempt, Manifest, manifest_path
+from mirror.manifest import Attempt, Manifest, load_attempts, manifest_path
 from mirror.rewrite import decode
 from mirror.scan import iter_posts
 from mirror.source import origin_host
@@ -83,6 +84,8 @@ class SourceEntry:
     sha256: str | None
     attempts: tuple[Attempt, ...]
     failures: int
+    via: str | None = None
+    fetched_from: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +108,8 @@ class GalleryItem:
     thumbnail: Thumbnail | None
     problem: str | None
     sources: tuple[str, ...]
+    via: str | None = None
+    fetched_from: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +217,8 @@ def load_report(
     try:
         conn = manifest.conn
         rows = conn.execute(
-            "SELECT source, status, reason, sha256, attempts, failures FROM sources"
+            "SELECT source, status, reason, sha256, attempts, failures, via, fetched_from"
+            " FROM sources"
         ).fetchall()
         objects, object_bytes = conn.execute(
             "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM objects"
@@ -225,19 +231,36 @@ def load_report(
     except sqlite3.Error as exc:
         raise ManifestError(f"manifest {manifest.path}: cannot read it: {exc}") from exc
     entries = []
-    for source, status, reason, sha256, attempts, failures in rows:
-        tried = tuple(Attempt(a["source"], a["url"], a["outcome"]) for a in json.loads(attempts))
-        entries.append(SourceEntry(source, status, reason, sha256, tried, failures))
+    for source, status, reason, sha256, attempts, failures, via, fetched_from in rows:
+        tried = load_attempts(attempts)
+        entries.append(
+            SourceEntry(source, status, reason, sha256, tried, failures, via, fetched_from)
+        )
     by_object: defaultdict[str, list[str]] = defaultdict(list)
+    found: dict[str, SourceEntry] = {}
     for entry in entries:
         if entry.status == "mirrored" and entry.sha256 is not None:
             by_object[entry.sha256].append(entry.source)
+            # The object's first source by name says how it was found, as the caption names it.
+            seen = found.get(entry.sha256)
+            if seen is None or entry.source < seen.source:
+                found[entry.sha256] = entry
     picked = shown[:gallery]
     # Pillow releases the GIL while decoding, so threads make 500 thumbnails several times faster.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         thumbs = list(pool.map(lambda row: _thumbnail_of(store, row[0], row[1]), picked))
     items = tuple(
-        GalleryItem(sha, size, width, height, thumb, problem, tuple(sorted(by_object[sha])))
+        GalleryItem(
+            sha,
+            size,
+            width,
+            height,
+            thumb,
+            problem,
+            tuple(sorted(by_object[sha])),
+            found[sha].via if sha in found else None,
+            found[sha].fetched_from if sha in found else None,
+        )
         for (sha, _ext, size, width, height), (thumb, problem) in zip(picked, thumbs, strict=True)
     )
     return Report(
@@ -366,9 +389,16 @@ def _figure(report: Report, item: GalleryItem) -> str:
         )
         if places:
             picture = f'<a href="{_e(places[0].href)}">{picture}</a>'
+    found = ""
+    if item.via or item.fetched_from:
+        via = f'via <span class="via">{_e(item.via or "unknown")}</span>'
+        url = (
+            f' from <code class="from">{_e(item.fetched_from)}</code>' if item.fetched_from else ""
+        )
+        found = f'<div class="found">{via}{url}</div>'
     return (
         f'<figure data-sha256="{_e(item.sha256)}">{picture}<figcaption>'
-        f"<code>{_e(origin_host(name))}</code><br>{size}{_bytes(item.size)}"
+        f"<code>{_e(origin_host(name))}</code><br>{size}{_bytes(item.size)}{found}"
         f"{_places(report, places)}</figcaption></figure>"
     )
 
@@ -387,7 +417,10 @@ def _gallery(report: Report) -> str:
 
 def _attempts(entry: SourceEntry) -> str:
     tried = "".join(
-        f'<li title="{_e(a.url)}">{_e(a.source)}: {_e(a.outcome)}</li>' for a in entry.attempts
+        f'<li title="{_e(a.url)}">{_e(a.source)}: {_e(a.outcome)}'
+        + (f' <span class="detail">({_e(a.detail)})</span>' if a.detail else "")
+        + "</li>"
+        for a in entry.attempts
     )
     runs = f"{entry.failures:,} failed run{'s' if entry.failures != 1 else ''}"
     return f'{runs}<ol class="attempts">{tried}</ol>'
@@ -430,7 +463,8 @@ th{background:#eee;position:sticky;top:0}figcaption{text-align:left;margin-top:.
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(180px,1fr));gap:.6em}
 figure{margin:0;background:#fff;border:1px solid #ddd;border-radius:6px;padding:.4em;font-size:12px}
 figure img{display:block;margin:0 auto;max-width:160px;max-height:160px;height:auto}
-.noimg{height:100px;padding-top:2em;text-align:center}
+.noimg{height:100px;padding-top:2em;text-align:center}.detail,.found{color:#666}
+.via{font-weight:600}
 """
 _CSS_HASH = base64.b64encode(hashlib.sha256(_CSS.encode()).digest()).decode("ascii")
 # Nothing may load from anywhere but the page itself: data: images and this exact stylesheet.

@@ -2,8 +2,9 @@
 The miss path of ``serve``: one owner of all upstream fetching.
 
 :class:`Resolver` decides whether a source URL may be fetched (closed world, open-mode host
-allowlist), remembers failures with backoff (the negative cache), shares one fetch among all
-concurrent requests for a URL (:class:`SingleFlight`), and fetches with the same
+allowlist, checked on every redirect hop too), remembers failures with backoff (the negative
+cache), shares one fetch among all concurrent requests for a URL (:class:`SingleFlight`, which
+cancels a fetch once every waiter has gone, unless it is storing), and fetches with the same
 :class:`~mirror.fetch.Fetcher`, verification, limits and address policy as ``mirror run``, then
 stores the object and records it before answering.
 
@@ -84,11 +85,19 @@ class Resolves(Protocol):
 
 
 class SingleFlight(Generic[T]):
-    """Concurrent calls for one key share one task; each caller waits at most ``wait`` s."""
+    """
+    Concurrent calls for one key share one task; each caller waits at most ``wait`` s.
+
+    The work is cancelled once every caller has gone (timed out or disconnected), so a fetch
+    nobody waits for gives its slot back, unless the work has called :meth:`committing` (it is
+    storing what it got, which must not be cut in half).
+    """
 
     def __init__(self, limit: int = MAX_IN_FLIGHT) -> None:
         self.limit = limit
         self._tasks: dict[str, asyncio.Task[T]] = {}
+        self._waiters: dict[asyncio.Task[T], int] = {}
+        self._committing: set[asyncio.Task[Any]] = set()
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -98,7 +107,7 @@ class SingleFlight(Generic[T]):
         Return ``make()``'s result for ``key`` and whether this call joined one in flight.
 
         The work runs in its own task: a caller that times out or goes away leaves it running
-        for the others (and for the store).
+        for the others; the last one to go cancels it (see the class docstring).
 
         Raises:
             TimeoutError: the work took longer than ``wait`` seconds.
@@ -116,12 +125,37 @@ class SingleFlight(Generic[T]):
             task = asyncio.ensure_future(run())
             self._tasks[key] = task
             task.add_done_callback(lambda done: self._done(key, done))
-        async with asyncio.timeout(wait):
-            return await asyncio.shield(task), joined
+        self._waiters[task] = self._waiters.get(task, 0) + 1
+        try:
+            async with asyncio.timeout(wait):
+                return await asyncio.shield(task), joined
+        finally:
+            self._leave(key, task)
+
+    def committing(self) -> None:
+        """Called from inside the work: from now on it runs to its end, waited for or not."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._committing.add(task)
+
+    def _leave(self, key: str, task: asyncio.Task[T]) -> None:
+        left = self._waiters.get(task, 0) - 1
+        if left > 0:
+            self._waiters[task] = left
+            return
+        self._waiters.pop(task, None)
+        if task.done() or task in self._committing:
+            return
+        # A later caller must start afresh, not join work that is being cancelled.
+        if self._tasks.get(key) is task:
+            del self._tasks[key]
+        task.cancel()
 
     def _done(self, key: str, task: asyncio.Task[T]) -> None:
         if self._tasks.get(key) is task:
             del self._tasks[key]
+        self._waiters.pop(task, None)
+        self._committing.discard(task)
         if not task.cancelled():
             # Retrieved here so a failure nobody waited for is not logged as "never retrieved".
             task.exception()
@@ -197,9 +231,13 @@ class Resolver:
         started = self.clock()
         fallback = self.config.serve.fallback_proxy
         context = Context(proxy=fallback + source if fallback else None)
-        outcome = await self.downloader.download(source, [], context, {}, names=("origin", "proxy"))
+        outcome = await self.downloader.download(
+            source, [], context, {}, names=("origin", "proxy"), allow=self._allow()
+        )
         obj = outcome.obj
         if obj is not None:
+            # Stored already: record it even if every waiter has gone meanwhile.
+            self.flight.committing()
             await self._record(source, outcome.result(source, time.time()))
             entry = Entry(obj.sha256, obj.ext, obj.size)
             self.catalog.add(source, entry)
@@ -213,6 +251,14 @@ class Resolver:
         self._remember(source, resolution)
         self._observe(started, "failed", reason)
         return resolution
+
+    def _allow(self) -> Callable[[str], bool] | None:
+        """In open mode, the allowlist every hop must pass (the fallback proxy's host besides)."""
+        serve = self.config.serve
+        if not serve.open or not serve.allow_hosts:
+            return None
+        proxy = hostname(serve.fallback_proxy).lower() if serve.fallback_proxy else None
+        return lambda host: host == proxy or host_allowed(host, serve.allow_hosts)
 
     async def _record(self, source: str, result: SourceResult) -> None:
         if self.catalog.knows(source):

@@ -230,6 +230,43 @@ def threaded_server(
         loop.close()
 
 
+RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def raw_server(handle: RawHandler) -> AsyncIterator[int]:
+    """
+    A TCP server on 127.0.0.1 that reads each request head, then runs ``handle``; yield its port.
+
+    For upstreams no HTTP framework would play (trickled heads and bodies). Every handler is
+    cancelled when the block ends, and a client hanging up ends its handler quietly.
+    """
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.add(task)
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            await handle(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the client hung up, as it should once it has given up
+        finally:
+            writer.close()
+            tasks.discard(task)
+
+    server = await asyncio.start_server(run, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        for task in list(tasks):
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await server.wait_closed()
+
+
 @dataclasses.dataclass
 class Canary:
     """A loopback server that must never be reached; it counts the connections it gets."""

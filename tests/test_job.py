@@ -36,6 +36,7 @@ from mirror.pipeline import Job
 
 WRAP = "http://proxy.example/?"
 ETAG = '"v1"'
+CAPTURE = "20220129101500"
 
 
 def jpeg(n: int, size: tuple[int, int] = (60, 40)) -> bytes:
@@ -68,9 +69,12 @@ def net(tmp_path: Path) -> Iterator[Net]:
         path = request.path
         number = int(re.sub(r"\D", "", path) or "0")
         if host == "web.archive.org":
-            if "archived" in request.path_qs:
-                return web.Response(body=jpeg(900), content_type="image/jpeg")
-            return web.Response(status=404)
+            if "archived" not in request.path_qs:
+                return web.Response(status=404)
+            if not path.startswith(f"/web/{CAPTURE}id_/"):
+                # As the real one does: the asked-for moment redirects to the nearest capture.
+                raise web.HTTPFound(re.sub(r"^/web/\d+id_/", f"/web/{CAPTURE}id_/", path))
+            return web.Response(body=jpeg(900), content_type="image/jpeg")
         if host != "origin.example":
             return web.Response(status=404)  # the proxy is dead in this file
         if path.startswith("/good/"):
@@ -252,16 +256,25 @@ def test_wayback_https_and_alternates(tmp_path: Path, net: Net) -> None:
     status = main(["run", "--config", str(config), "-q", "--report", str(report), str(posts)])
     assert ExitStatus.OK == status
     found = {
-        r["source"]: r["fetched_from"]
+        r["source"]: (r["via"], r["fetched_from"])
         for r in map(json.loads, report.read_text(encoding="utf-8").splitlines())
     }
-    assert "wayback" == found["http://origin.example/dead/archived.jpg"]
-    assert "https" == found["http://origin.example/https-only/3.jpg"]
-    assert "alternates" == found["http://origin.example/dead/5.jpg"]
-    wayback = (
-        "https://web.archive.org/web/20220131074300id_/http://origin.example/dead/archived.jpg"
-    )
-    assert 1 == net.hits[wayback]
+    archived = "http://origin.example/dead/archived.jpg"
+    wayback = f"https://web.archive.org/web/20220131074300id_/{archived}"
+    capture = f"https://web.archive.org/web/{CAPTURE}id_/{archived}"
+    # fetched_from is the URL that delivered the bytes, after the Wayback Machine's redirect.
+    assert ("wayback", capture) == found[archived]
+    assert ("https", "https://origin.example/https-only/3.jpg") == found[
+        "http://origin.example/https-only/3.jpg"
+    ]
+    assert ("alternates", "http://origin.example/good/5.jpg") == found[
+        "http://origin.example/dead/5.jpg"
+    ]
+    assert (1, 1) == (net.hits[wayback], net.hits[capture])
+    with Manifest(manifest_path(tmp_path / "cache"), readonly=True) as manifest:
+        row = manifest.get(archived)
+    assert row is not None
+    assert ("wayback", capture) == (row.via, row.fetched_from)
 
 
 def test_request_profiles_are_tried_on_403_and_remembered(tmp_path: Path, net: Net) -> None:
@@ -280,7 +293,8 @@ def test_request_profiles_are_tried_on_403_and_remembered(tmp_path: Path, net: N
         ["run", "--config", str(config), "--report", str(report), str(posts)]
     )
     first = json.loads(report.read_text(encoding="utf-8").splitlines()[0])
-    assert "origin/home" == first["fetched_from"]
+    assert "origin/home" == first["via"]
+    assert "http://origin.example/referer/1.jpg" == first["fetched_from"]
     assert ["http-403", "http-403", "ok"] == [a["outcome"] for a in first["attempts"]]
     (posts / "b.md").write_text(post("/referer/2.jpg"), encoding="utf-8")
     assert ExitStatus.OK == main(["run", "--config", str(config), "-q", str(posts)])

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
+import json
 import os
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -417,3 +419,43 @@ def test_an_in_memory_manifest_makes_no_file(
         manifest.record_results([mirrored()])
         assert 1 == manifest.counts()["mirrored"]
     assert [] == _files(tmp_path)
+
+
+def test_via_migration_moves_the_old_source_kind(tmp_path: Path) -> None:
+    """Rows from before via keep their kind in via; the URL they never recorded stays NULL."""
+    path = manifest_path(tmp_path)
+    with sqlite3.connect(path) as conn:
+        for statement in (s for migration in manifest_module.MIGRATIONS[:3] for s in migration):
+            conn.execute(statement)
+        conn.execute("PRAGMA user_version = 3")
+        conn.execute("INSERT INTO objects VALUES (?, 'jpg', 10, 'JPEG', 4, 3, 1.0)", (SHA_A,))
+        old = json.dumps([{"source": "origin", "url": URL, "outcome": "size-mismatch"}])
+        conn.execute(
+            "INSERT INTO sources (source, status, sha256, fetched_from, attempts, first_seen)"
+            " VALUES (?, 'mirrored', ?, 'origin/home', ?, 1.0)",
+            (URL, SHA_A, old),
+        )
+    conn.close()
+    with Manifest(path) as manifest:
+        row = manifest.get(URL)
+    assert row is not None
+    assert ("origin/home", None) == (row.via, row.fetched_from)
+    assert (Attempt("origin", URL, "size-mismatch", None),) == row.attempts
+
+
+def test_via_fetched_from_and_details_roundtrip(manifest: Manifest) -> None:
+    """via, the delivering URL and each attempt's detail read back as recorded."""
+    capture = "https://web.archive.org/web/20220129101500id_/https://img.example/a.jpg"
+    attempts = (
+        Attempt("origin", URL, "dns", "cannot resolve img.example"),
+        Attempt("wayback", capture, "ok"),
+    )
+    result = dataclasses.replace(mirrored(), fetched_from=capture, via="wayback", attempts=attempts)
+    manifest.record_results([result])
+    row = manifest.get(URL)
+    assert row is not None
+    assert ("wayback", capture, attempts) == (row.via, row.fetched_from, row.attempts)
+    manifest.record_results([failed()])
+    kept = manifest.get(URL)
+    assert kept is not None
+    assert ("wayback", capture) == (kept.via, kept.fetched_from)

@@ -199,10 +199,12 @@ def test_run_mirrors_rewrites_and_reports(
         "height",
         "file",
         "local_url",
+        "via",
         "fetched_from",
         "attempts",
     } == set(first)
-    assert ("origin", 60, 40, "JPEG") == (
+    assert ("origin", first["source"], 60, 40, "JPEG") == (
+        first["via"],
         first["fetched_from"],
         first["width"],
         first["height"],
@@ -234,7 +236,7 @@ def test_placeholder_falls_back_to_proxy(
     report = tmp_path / "r.jsonl"
     assert ExitStatus.OK == main(["run", *opts, "--report", str(report), str(posts)])
     row = next(r for r in read_report(report) if r["where"] == "img@src")
-    assert ("mirrored", "proxy") == (row["status"], row["fetched_from"])
+    assert ("mirrored", "proxy") == (row["status"], row["via"])
     attempts = row["attempts"]
     assert isinstance(attempts, list)
     assert ["size-mismatch", "ok"] == [a["outcome"] for a in attempts]
@@ -280,7 +282,7 @@ def test_dead_wrapper_with_live_origin(
     (posts / "w.md").write_text(post_text("/good/dead-wrapper.jpg"), encoding="utf-8")
     report = tmp_path / "r.jsonl"
     assert ExitStatus.OK == main(["run", *opts, "--report", str(report), str(posts)])
-    assert {"origin"} == {r["fetched_from"] for r in read_report(report)}
+    assert {"origin"} == {r["via"] for r in read_report(report)}
     assert 0 == sum(n for key, n in origin.hits.items() if key.startswith("proxy.example"))
 
 
@@ -292,7 +294,7 @@ def test_transient_failure_is_retried(
     (posts / "t.md").write_text(post_text("/flaky/t.jpg"), encoding="utf-8")
     report = tmp_path / "r.jsonl"
     assert ExitStatus.OK == main(["run", *opts, "--report", str(report), str(posts)])
-    assert {"origin"} == {r["fetched_from"] for r in read_report(report)}
+    assert {"origin"} == {r["via"] for r in read_report(report)}
     assert 2 == origin.hits["origin.example/flaky/t.jpg"]
 
 
@@ -356,7 +358,7 @@ def test_demo_runs_the_whole_job(tmp_path: Path, capsys: pytest.CaptureFixture[s
     rows = read_report(work / "report.jsonl")
     failed = {(r["reason"], r["status"]) for r in rows if r["status"] != "mirrored"}
     assert {("http-404", "failed"), ("not-an-image", "failed")} == failed
-    placeholder = [r for r in rows if r["fetched_from"] == "proxy"]
+    placeholder = [r for r in rows if r["via"] == "proxy"]
     assert placeholder
     assert "rewritten posts:" in capsys.readouterr().out
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import html
@@ -370,3 +371,30 @@ def test_report_in_headless_chromium(
     with Image.open(io.BytesIO(browser.get_screenshot_as_png())) as shot:
         # More than one colour: not a blank page (getcolors returns None past maxcolors).
         assert shot.convert("RGB").getcolors(maxcolors=1) is None
+
+
+def test_report_shows_via_fetched_from_and_details(tmp_path: Path) -> None:
+    """An image shows how it was found and the URL that delivered it; each attempt its detail."""
+    blog = make_blog(tmp_path)
+    capture = "https://web.archive.org/web/20220129101500id_/http://lost.example/img/w.jpg"
+    store = LocalStore(blog.store)
+    rescued = dataclasses.replace(
+        _object(store, make_image("PNG", (90, 70)), "png", "http://lost.example/img/w.jpg"),
+        via="wayback",
+        fetched_from=capture,
+    )
+    attempts = (
+        Attempt("origin", _src("gone.example", "g.jpg"), "dns", "cannot resolve gone.example"),
+        Attempt("proxy", W + _src("gone.example", "g.jpg"), "http-403", "HTTP 403 <Forbidden>"),
+    )
+    failed = SourceResult(_src("gone.example", "g.jpg"), "failed", reason="dns", attempts=attempts)
+    with Manifest(manifest_path(blog.store)) as manifest:
+        manifest.record_results([rescued, failed])
+    page = run_report(blog)
+    figure = page.split(f'data-sha256="{rescued.sha256}"')[1].split("</figure>")[0]
+    assert (
+        f'via <span class="via">wayback</span> from <code class="from">{capture}</code>' in figure
+    )
+    row = page.split(f"<code>{_src('gone.example', 'g.jpg')}</code>", 1)[1].split("</tr>")[0]
+    assert 'origin: dns <span class="detail">(cannot resolve gone.example)</span>' in row
+    assert 'proxy: http-403 <span class="detail">(HTTP 403 &lt;Forbidden&gt;)</span>' in row

@@ -7,8 +7,10 @@ block the one writer. Times are Unix seconds (REAL). Tables:
 ``objects``  sha256 PK, ext, bytes (``size`` in Python), format, width, height, created.
 ``sources``  source PK (the URL as written in the post); status (mirrored|failed|blocked|skipped);
              reason (the report's reason code; on a mirrored row, why the latest refresh failed);
-             sha256 -> objects (set iff the source has an object); fetched_from (origin|proxy);
-             attempts (JSON list of {source, url, outcome} from the latest try); etag,
+             sha256 -> objects (set iff the source has an object); fetched_from (the URL that
+             delivered the bytes, after redirects); via (the source kind and profile:
+             origin|proxy|https|alternates|wayback|origin/<profile>); attempts (JSON list of
+             {source, url, outcome, detail} from the latest try); etag,
              last_modified; first_seen, last_attempt, next_attempt (backoff); failures
              (consecutive). What an object is (ext, size, format, size in pixels) lives only in
              ``objects``; :class:`SourceRow` joins it back.
@@ -113,6 +115,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE TABLE hosts (
             host TEXT PRIMARY KEY, profile TEXT, updated REAL NOT NULL) WITHOUT ROWID""",
     ),
+    (
+        # fetched_from used to hold the source kind; it now holds the URL, which old rows never
+        # recorded: the kind moves to via and the URL stays unknown (NULL).
+        "ALTER TABLE sources ADD COLUMN via TEXT",
+        "UPDATE sources SET via = fetched_from, fetched_from = NULL WHERE fetched_from IS NOT NULL",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # An I/O error with less room than this left on the manifest's disk is reported as a full disk.
@@ -123,11 +131,12 @@ _NO_LINK = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """One try at one URL: which source (origin, proxy...) and how it ended."""
+    """One try at one URL: which source (origin, proxy...), how it ended, and what happened."""
 
     source: str
     url: str
     outcome: str
+    detail: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +157,7 @@ class SourceResult:
     etag: str | None = None
     last_modified: str | None = None
     attempted_at: float | None = None
+    via: str | None = None
     next_attempt: float | None = None
 
     def __post_init__(self) -> None:
@@ -180,6 +190,7 @@ class SourceRow:
     last_attempt: float | None
     next_attempt: float | None
     failures: int
+    via: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,7 +255,7 @@ class ObjectRow:
 
 _ROW_SQL = """SELECT s.source, s.status, s.reason, s.sha256, o.ext, o.bytes, o.format, o.width,
     o.height, s.fetched_from, s.attempts, s.etag, s.last_modified, s.first_seen, s.last_attempt,
-    s.next_attempt, s.failures FROM sources s LEFT JOIN objects o ON o.sha256 = s.sha256"""
+    s.next_attempt, s.failures, s.via FROM sources s LEFT JOIN objects o ON o.sha256 = s.sha256"""
 
 
 _POST_SQL = "SELECT * FROM posts WHERE path = ?"
@@ -256,13 +267,30 @@ def manifest_path(store_root: Path) -> Path:
     return store_root / MANIFEST_NAME
 
 
+def attempt_json(attempt: Attempt) -> dict[str, str | None]:
+    """Return one attempt as the manifest and the JSON report write it."""
+    return {
+        "source": attempt.source,
+        "url": attempt.url,
+        "outcome": attempt.outcome,
+        "detail": attempt.detail,
+    }
+
+
+def load_attempts(text: str) -> tuple[Attempt, ...]:
+    """Read the manifest's ``attempts`` JSON (rows from before details have none)."""
+    return tuple(
+        Attempt(a["source"], a["url"], a["outcome"], a.get("detail")) for a in json.loads(text)
+    )
+
+
 def _dump_attempts(attempts: Iterable[Attempt]) -> str:
-    items = [{"source": a.source, "url": a.url, "outcome": a.outcome} for a in attempts]
+    items = [attempt_json(a) for a in attempts]
     return json.dumps(items, ensure_ascii=False, separators=(",", ":"))
 
 
 def _row(values: Sequence[Any]) -> SourceRow:
-    attempts = tuple(Attempt(a["source"], a["url"], a["outcome"]) for a in json.loads(values[10]))
+    attempts = load_attempts(values[10])
     fields = list(values)
     fields[10] = attempts
     return SourceRow(*fields)
@@ -270,8 +298,9 @@ def _row(values: Sequence[Any]) -> SourceRow:
 
 # On a failed refresh of a mirrored source, these stay as they were: the object still stands.
 _KEPT: tuple[str, ...] = ("status", "sha256", "ext", "size", "format", "width", "height")
-_KEPT += ("fetched_from", "etag", "last_modified")
-_COLUMNS: tuple[str, ...] = ("source", "status", "reason", "sha256", "fetched_from", "attempts")
+_KEPT += ("fetched_from", "via", "etag", "last_modified")
+_COLUMNS: tuple[str, ...] = ("source", "status", "reason", "sha256", "fetched_from", "via")
+_COLUMNS += ("attempts",)
 _COLUMNS += ("etag", "last_modified", "first_seen", "last_attempt", "next_attempt", "failures")
 # _merge has already folded in the stored row, so replacing it whole is correct.
 _MARKS = ", ".join("?" * len(_COLUMNS))
@@ -841,7 +870,7 @@ class Manifest:
         sources were marked.
         """
         sql = """UPDATE sources SET status = 'failed', reason = ?, sha256 = NULL,
-            fetched_from = NULL, etag = NULL, last_modified = NULL, next_attempt = NULL
+            fetched_from = NULL, via = NULL, etag = NULL, last_modified = NULL, next_attempt = NULL
             WHERE sha256 = ?"""
         marked = 0
         with self.transaction() as conn, self._errors("forgetting objects"):
