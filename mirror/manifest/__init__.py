@@ -17,6 +17,7 @@ from mirror.manifest.sqlite import (
     Rewrite,
     SourceResult,
     SourceRow,
+    load_attempts,
     manifest_path,
 )
 
@@ -33,5 +34,6 @@ __all__ = [
     "Rewrite",
     "SourceResult",
     "SourceRow",
+    "load_attempts",
     "manifest_path",
 ]
