@@ -184,6 +184,8 @@ class StoreConfig:
 
     path: str = "cache"
     durability: str = "crash"
+    # Whether serve and rewrite may make a store where there is none (run and fetch always may).
+    create: bool = False
 
     def __post_init__(self) -> None:
         _need("store.path", bool(self.path), "must not be empty")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mirror.atomic import TEMP_NAME, atomic_write
 from mirror.config import ScanConfig
-from mirror.errors import StoreError
+from mirror.errors import StoreError, UsageError
 from mirror.manifest import Manifest
 from mirror.models import Post, Span
 
@@ -53,14 +53,16 @@ def find_posts(
     Hidden folders (``.git``) are skipped and symlinked folders are not followed, so a loop of
     links cannot make the walk endless. With ``sweep`` (the caller holds the store lock, so no
     mirror is writing), temp files a killed mirror left beside posts are removed on the way.
+
+    Raises:
+        UsageError: a PATH does not exist (a mistyped path in a crontab must not read as success).
     """
     for root in paths:
         if root.is_file():
             yield root, root.name
             continue
         if not root.is_dir():
-            log.warning("no such file or folder: %s", root)
-            continue
+            raise UsageError(f"no such file or folder: {root}")
         include = _include(config.include).match
         # Strings inside the walk: Path arithmetic per file cost more than the walk itself
         # on a 100,000-post archive (the no-op re-run's budget).
