@@ -32,11 +32,15 @@ def _cell(char: str) -> int:
     return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
 
 
+@functools.lru_cache(maxsize=8192)
+def _wide(text: str) -> int:
+    return sum(_cell(char) for char in text)
+
+
 def width(text: str) -> int:
     """Return how many terminal cells ``text`` takes."""
-    if text.isascii():
-        return len(text)
-    return sum(_cell(char) for char in text)
+    # A post's path is measured once per reference, and most URLs are ASCII: both are cheap.
+    return len(text) if text.isascii() else _wide(text)
 
 
 def pad(text: str, cells: int) -> str:
@@ -83,13 +87,17 @@ class ScanTable:
         self.grouped = columns is not None and self.post_width + 2 + rest > columns
 
     def _join(self, post: str, line: str, where: str, kind: str, declared: str, source: str) -> str:
-        head = "  " if self.grouped else f"{pad(post, self.post_width)}  "
-        head += (
+        rest = (
             f"{line:>{LINE_WIDTH}}  {where:<{WHERE_WIDTH}}  {kind:<{KIND_WIDTH}}  "
             f"{declared:<{DECLARED_WIDTH}}  "
         )
+        if self.grouped:
+            head, used = "  " + rest, 2 + len(rest)
+        else:
+            head = f"{pad(post, self.post_width)}  {rest}"
+            used = max(self.post_width, width(post)) + 2 + len(rest)
         if self.columns is not None:
-            source = fit(source, max(MIN_SOURCE, self.columns - width(head)))
+            source = fit(source, max(MIN_SOURCE, self.columns - used))
         return head + source
 
     def header(self) -> str:
