@@ -157,3 +157,40 @@ def test_dry_run_on_an_empty_store_through_main(
     assert "would be rewritten" in err
     assert "posts rewritten" not in err
     assert not (tmp_path / "cache").exists()
+
+
+def test_report_says_its_sources_are_distinct_urls(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`mirror report` names its count as distinct source URLs, not references."""
+    from mirror.manifest import Manifest, manifest_path
+
+    store = tmp_path / "store"
+    with Manifest(manifest_path(store)):
+        pass
+    html = tmp_path / "r.html"
+    assert ExitStatus.OK == main(["report", "--html", str(html), "--store", str(store)])
+    err = capsys.readouterr().err
+    assert "0 distinct sources in the manifest" in err
+    assert "`mirror scan` and `mirror run` count references" in err
+
+
+def test_report_dash_writes_json_lines_to_stdout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--report - puts one JSON object per reference on stdout; the summary stays on stderr."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    posts = tmp_path / "posts"
+    posts.mkdir()
+    # A loopback origin is refused by the address policy before any connection: no network.
+    (posts / "a.md").write_text(f'<img src="{W}http://127.0.0.1/x.jpg">\n', encoding="utf-8")
+    argv = ["fetch", "--sources", "origin", "--report", "-", str(posts)]
+    assert ExitStatus.INCOMPLETE == main(argv)
+    out, err = capsys.readouterr()
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [("blocked", "private-address")] == [(r["status"], r["reason"]) for r in rows]
+    assert "mirror: 1 post, 1 reference: 1 blocked" in err
+    assert not (tmp_path / "-").exists()
+    assert ExitStatus.USAGE == main(["run", "--dry-run", "--report", "-", str(posts)])
