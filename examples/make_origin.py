@@ -1,5 +1,5 @@
 """
-Generate ``examples/origin/``, the files ``mirror demo`` serves instead of the internet.
+Generate ``mirror/examples/origin/``, the files ``mirror demo`` serves instead of the internet.
 
 One real image per row of ``examples/IMAGES.tsv`` at ``origin/<host>/<url path>`` (the path kept
 literally; see :func:`mirror.demo.relative_file`), at the declared size and format, with the row's
@@ -29,7 +29,8 @@ from mirror.demo import HOSTS_FILE, PROXY_DIR, PROXY_HOST, relative_file
 
 HERE = Path(__file__).resolve().parent
 TABLE = HERE / "IMAGES.tsv"
-ORIGIN = HERE / "origin"
+# Package data, so that `pip install .` (not only an editable install) can run `mirror demo`.
+ORIGIN = HERE.parent / "mirror" / "examples" / "origin"
 PLACEHOLDER_SIZE = (200, 200)
 KEEP = {"tls", "README.md"}
 
@@ -177,7 +178,9 @@ def make_tls(rows: list[Row], origin: Path = ORIGIN) -> None:
 
 def main() -> None:
     """Parse the flags and generate."""
-    parser = argparse.ArgumentParser(description="Generate examples/origin/ for mirror demo.")
+    parser = argparse.ArgumentParser(
+        description="Generate mirror/examples/origin/ for mirror demo."
+    )
     parser.add_argument("--tls", action="store_true", help="also regenerate the demo CA and cert")
     args = parser.parse_args()
     rows = read_rows()

@@ -304,10 +304,11 @@ def atomic_copy(source: Path, target: Path, *, root: Path, link: bool = False) -
     Put a copy (``link``: a hard link, copying where one is impossible) of ``source`` at ``target``.
 
     ``target`` lies inside the output tree ``root``, written as by :func:`atomic_write` with a
-    root; a regular file of the same size already there is kept.
+    root; a regular file already there is kept: of the same size it is this copy ("present"),
+    of another size it is not mirror's to replace ("conflict").
 
     Returns:
-        "present" (kept as it was), "linked" or "copied".
+        "present", "conflict", "linked" or "copied".
 
     Raises:
         FileNotFoundError: ``source`` does not exist (it may have been removed meanwhile).
@@ -320,8 +321,9 @@ def atomic_copy(source: Path, target: Path, *, root: Path, link: bool = False) -
         with open_below(root, parts[:-1]) as dir_fd:
             name = parts[-1]
             old = _existing(dir_fd, name, target, root)
-            if old is not None and old.st_size == size:
-                return "present"
+            if old is not None:
+                # Another size: not an earlier copy of this object, so not mirror's to replace.
+                return "present" if old.st_size == size else "conflict"
             return _copy_in(src, source, dir_fd, name, target, link)
     finally:
         os.close(src)

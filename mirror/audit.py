@@ -5,8 +5,10 @@ post needs any more (``gc``).
 ``verify`` re-hashes every object file and compares the files with the ``objects`` rows (which
 every ``sources`` and ``served`` row naming an object joins): *missing* (a row names a file that
 is not there), *corrupt* (the bytes do not hash to the name) and *stray* (a file no row names;
-reported only, ``gc`` removes it). ``--repair`` deletes corrupt files and forgets the missing and
-corrupt objects' rows so their sources are fetched again (:meth:`Manifest.forget_objects`).
+reported only, ``gc`` removes it). ``--repair`` deletes the corrupt files a manifest row names and
+forgets the missing and corrupt objects' rows so their sources are fetched again
+(:meth:`Manifest.forget_objects`); a corrupt file no row names is only reported, since nothing
+proves mirror wrote it.
 
 ``gc`` keeps an object when any of these holds, and collects everything else:
 
@@ -19,9 +21,10 @@ corrupt objects' rows so their sources are fetched again (:meth:`Manifest.forget
 A collected object's ``objects`` row goes; the ``sources`` rows naming it (URLs no post under the
 PATHs names) stay, as ``failed`` with reason ``collected`` and no object, so a post that names one
 again gets it fetched again and ``serve``'s closed world still knows it. A file no row names goes
-too unless a post names it, once it is an hour old: ``serve`` (which takes no store lock) may be
-between writing a file and recording its row. Rows are committed before files are unlinked, so no
-row ever names a missing file.
+too unless a post names it, once it is an hour old (``serve``, which takes no store lock, may be
+between writing a file and recording its row), and only when its bytes hash to its name: that
+proves mirror wrote it; any other file is left alone and counted. Rows are committed before files
+are unlinked, so no row ever names a missing file.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from mirror.errors import ExitStatus, StoreError, UsageError
 from mirror.extract import Extractor
 from mirror.lock import StoreLock, command_line
 from mirror.manifest import Manifest, ObjectRow, manifest_path
+from mirror.marker import mark_store
 from mirror.rewrite import decode
 from mirror.scan import iter_posts
 from mirror.store import LocalStore
@@ -71,6 +75,7 @@ def open_store(config: Config, *, write: bool) -> Iterator[tuple[LocalStore, Man
         raise UsageError(f"no manifest at {path}: is --store (store.path) right?")
     with contextlib.ExitStack() as stack:
         if write:
+            mark_store(root)  # a store known by its manifest gets the marker on its next write
             stack.enter_context(StoreLock(root, command_line()))
             manifest = Manifest(path, durability=config.store.durability)
         else:
@@ -204,12 +209,15 @@ def verify(config: Config, *, repair: bool = False) -> Audit:
             row = rows.get(sha)
             named = row is not None and row.ext == ext
             if digest != sha:
-                corrupt.append((sha, ext))
                 why = _named_by(row) if row is not None and named else "no manifest row names it"
                 detail = f"its bytes hash to {digest[:16]}...; {why}"
-                audit.problems.append(Problem("corrupt", store.relpath(sha, ext), detail))
                 if named:
+                    # Only a file a row names is provably mirror's to delete.
+                    corrupt.append((sha, ext))
                     reasons[sha] = "corrupt-object"
+                else:
+                    detail += "; left alone: nothing proves mirror wrote it"
+                audit.problems.append(Problem("corrupt", store.relpath(sha, ext), detail))
             elif not named:
                 detail = "no manifest row names it"
                 audit.problems.append(Problem("stray", store.relpath(sha, ext), detail))
@@ -249,6 +257,7 @@ class Collection:
     applied: bool = False
     unmirrored: int = 0
     temp_removed: int = 0
+    foreign: list[str] = field(default_factory=list)
 
     @property
     def size(self) -> int:
@@ -271,8 +280,9 @@ class Collection:
         head = f"gc: {self.posts} posts; {self.kept} objects kept, {total}"
         if not self.applied:
             out.append(f"{head}; run with --apply to delete them" if self.garbage else head)
-            return out
+            return out + self.foreign_note()
         out.append(f"{head} removed")
+        out += self.foreign_note()
         if self.unmirrored:
             out.append(
                 f"  {self.unmirrored} sources kept without object (reason `collected`): "
@@ -281,6 +291,15 @@ class Collection:
         if self.temp_removed:
             out.append(f"  {self.temp_removed} stale temp files removed")
         return out
+
+    def foreign_note(self) -> list[str]:
+        """The files under objects/ gc left alone because their bytes do not match their name."""
+        if not self.foreign:
+            return []
+        return [
+            f"  {len(self.foreign)} files under objects/ were left alone: their bytes do not hash "
+            "to their name, so nothing proves mirror wrote them (`mirror verify` lists them)"
+        ]
 
 
 def collect(config: Config, paths: Sequence[Path], *, apply: bool = False) -> Collection:
@@ -316,6 +335,9 @@ def collect(config: Config, paths: Sequence[Path], *, apply: bool = False) -> Co
             if (sha, ext) in named or sha in needed or _mtime(path) > cutoff:
                 continue
             file = store.relpath(sha, ext)
+            if not _named_for_its_bytes(path, sha):
+                result.foreign.append(file)
+                continue
             result.garbage.append(Garbage(sha, ext, file, _size(path), False, ()))
         result.garbage.sort(key=lambda g: g.file)
         if apply:
@@ -327,6 +349,14 @@ def collect(config: Config, paths: Sequence[Path], *, apply: bool = False) -> Co
                 store.remove(g.sha256, g.ext)
             result.temp_removed = store.cleanup_temp()
     return result
+
+
+def _named_for_its_bytes(path: Path, sha: str) -> bool:
+    """Tell whether the file's bytes hash to its name (so mirror wrote it); False if unreadable."""
+    try:
+        return _hash(path)[0] == sha
+    except OSError:
+        return False
 
 
 def _size(path: Path) -> int:

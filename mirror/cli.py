@@ -1,7 +1,9 @@
 """
 The command line: argument parsing, logging setup, and the one place errors become exit statuses.
 
-Data (``--json``, diffs) goes to stdout; warnings, progress and summaries go to stderr.
+Data (``--json``, diffs, ``--report -``) goes to stdout; warnings, progress and summaries go to
+stderr. Every PATH must exist (exit 2 otherwise), and every folder mirror writes into or removes
+from is proven to be its own first (:mod:`mirror.marker`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import difflib
 import json
 import logging
 import os
@@ -21,19 +24,38 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from mirror import __version__
-from mirror.config import Config, load_config, parse_duration, with_public_wrapper
-from mirror.errors import ExitStatus, MirrorError, UsageError
+from mirror import __version__, helptext
+from mirror.config import SOURCES, Config, load_config, parse_duration, with_public_wrapper
+from mirror.errors import (
+    REASONS,
+    ConfigError,
+    ExitStatus,
+    MirrorError,
+    StoreError,
+    UsageError,
+    is_reason,
+)
 from mirror.extract import Extractor
 from mirror.lock import LockedError, StoreLock, command_line
 from mirror.log import configure_logging
 from mirror.manifest import Manifest, manifest_path
+from mirror.marker import (
+    check_folder,
+    check_out,
+    check_store,
+    is_store,
+    mark_out,
+    mark_store,
+    prepare_demo_dir,
+)
 from mirror.models import ImageRef, Post
 from mirror.rewrite import decode, post_diff, rewrap, rewrite
 from mirror.scan import find_posts, iter_posts, write_recorded
 from mirror.source import origin_host, wrapper_base
+from mirror.summary import plural, scan_totals
+from mirror.table import WHERE_WIDTH, ScanTable, terminal_columns, width
 
 if TYPE_CHECKING:
     from mirror.pipeline import Job, RunSummary
@@ -49,8 +71,6 @@ Handler = Callable[[argparse.Namespace, Config], ExitStatus]
 # What json.dumps(..., ensure_ascii=False) uses for strings; calling it directly is several times
 # faster than json.dumps on a dict, with byte-identical output (tests/test_cli.py checks it).
 _JSON_STR = json.encoder.encode_basestring
-PLACE_WIDTH = 48
-WHERE_WIDTH = 24
 
 
 def _ref_json(ref: ImageRef) -> str:
@@ -64,61 +84,73 @@ def _ref_json(ref: ImageRef) -> str:
     )
 
 
-def _table_row(ref: ImageRef) -> str:
-    place = f"{ref.post}:{ref.line}"
-    if len(place) > PLACE_WIDTH:
-        place = "…" + place[-(PLACE_WIDTH - 1) :]
-    declared = f"{ref.declared[0]}x{ref.declared[1]}" if ref.declared else "-"
-    kind = "wrapped" if ref.proxied else "raw"
-    return (
-        f"{place:<{PLACE_WIDTH}}  {ref.where:<{WHERE_WIDTH}}  {kind:<7}  {declared:<9}  "
-        f"{ref.source}"
-    )
+def check_paths(paths: Sequence[Path], config: Config) -> None:
+    """
+    Refuse a PATH that does not exist; warn about a folder that holds no post.
+
+    Raises:
+        UsageError: a PATH does not exist (exit 2: a mistyped crontab path must not succeed).
+    """
+    for path in paths:
+        if not path.exists():
+            raise UsageError(f"no such file or folder: {path}")
+    for path in paths:
+        # Stops at the first post: cheap on a big archive, a full walk only of an empty tree.
+        if path.is_dir() and next(iter(find_posts([path], config.scan)), None) is None:
+            log.warning(
+                "no posts under %s (scan.include: %s)", path, ", ".join(config.scan.include)
+            )
 
 
-def _print_totals(
-    posts: int, by_where: Counter[str], wrapped_by_where: Counter[str], hosts: Counter[str]
-) -> None:
-    total, wrapped = sum(by_where.values()), sum(wrapped_by_where.values())
-    out = sys.stdout
-    print(
-        f"\n{total} references in {posts} posts: {wrapped} wrapped, {total - wrapped} raw", file=out
-    )
-    print("\nby where:", file=out)
-    for where, count in by_where.most_common():
-        print(
-            f"  {where:<{WHERE_WIDTH}}  {count:>6}  ({wrapped_by_where[where]} wrapped)", file=out
-        )
-    print("\nby origin host:", file=out)
-    for host, count in hosts.most_common():
-        print(f"  {host:<40}  {count:>6}", file=out)
+def _absolute(paths: Sequence[Path]) -> list[Path]:
+    """
+    The PATHs as absolute, unresolved paths: the key of a post's records and of its rewrites
+    (pipeline.post_key), so `--revert` finds them whatever folder it is run from.
+    """
+    return [Path(os.path.abspath(path)) for path in paths]  # noqa: PTH100
 
 
 def cmd_scan(args: argparse.Namespace, config: Config) -> ExitStatus:
     """List every image reference under the given paths, streaming: memory stays flat."""
+    check_paths(args.paths, config)
     extractor = Extractor(config.scan)
     by_where: Counter[str] = Counter()
     wrapped_by_where: Counter[str] = Counter()
     hosts: Counter[str] = Counter()
-    posts = 0
+    posts = copies = 0
+    table = None
     if not args.json:
-        header = (
-            f"{'POST:LINE':<{PLACE_WIDTH}}  {'WHERE':<{WHERE_WIDTH}}  KIND     DECLARED   SOURCE"
-        )
-        print(header, file=sys.stdout)
+        # A walk without reading, for the widest post path: whole paths, aligned.
+        widest = max((width(rel) for _path, rel in find_posts(args.paths, config.scan)), default=0)
+        table = ScanTable(widest, terminal_columns(sys.stdout))
+        print(table.header(), file=sys.stdout)
     for post in iter_posts(args.paths, config.scan):
         posts += 1
         found = extractor(decode(post.data), post.rel)
         if not found:
             continue
-        line = _ref_json if args.json else _table_row
-        sys.stdout.write("\n".join(map(line, found)) + "\n")
-        if not args.json:
+        if table is None:
+            sys.stdout.write("\n".join(map(_ref_json, found)) + "\n")
+        else:
+            sys.stdout.write("\n".join(table.rows(found)) + "\n")
             by_where.update(r.where for r in found)
             wrapped_by_where.update(r.where for r in found if r.proxied)
             hosts.update(origin_host(r.source) for r in found)
-    if not args.json:
-        _print_totals(posts, by_where, wrapped_by_where, hosts)
+            wrapped = {r.source for r in found if r.proxied}
+            copies += sum(1 for r in found if not r.proxied and r.source in wrapped)
+    if table is not None:
+        where = [(w, n, wrapped_by_where[w]) for w, n in by_where.most_common()]
+        totals = scan_totals(
+            posts,
+            sum(by_where.values()),
+            sum(wrapped_by_where.values()),
+            copies,
+            config.scan.raw,
+            where,
+            hosts.most_common(),
+            WHERE_WIDTH + 2,
+        )
+        print("\n".join(totals), file=sys.stdout)
     return ExitStatus.OK
 
 
@@ -159,10 +191,26 @@ def _print_diff(post: Post, data: bytes) -> None:
     sys.stdout.writelines(post_diff(post.data, data, post.rel))
 
 
+def _recording_store(args: argparse.Namespace, config: Config, mapped: bool) -> Path | None:
+    """
+    The store an in-place rewrite records its spans in (for ``--revert``), or None for none.
+
+    From the manifest's mapping the store exists already. With ``--map`` or ``--rewrap`` no
+    store is needed: one that exists is used; none is made unless asked (--store, --create).
+    """
+    root = Path(config.store.path)
+    if mapped and not is_store(root) and args.store is None and not config.store.create:
+        return None
+    check_store(root, create=config.store.create, makes_missing=False)
+    return root
+
+
 def cmd_rewrite(args: argparse.Namespace, config: Config) -> ExitStatus:
     """Rewrite mapped (or, with --rewrap, wrapped) references in place, into --out, or as a diff."""
+    check_folder(Path(config.store.path))
     if args.revert:
         return _revert(args, config)
+    check_paths(args.paths, config)
     base = _rewrap_base(args)
     mapping: dict[str, str] = {}
     if base is not None:
@@ -172,18 +220,29 @@ def cmd_rewrite(args: argparse.Namespace, config: Config) -> ExitStatus:
         mapping = _load_map(args.map)
     else:
         mapping = _manifest_mapping(config)
+    if args.out is not None:
+        check_out(args.out, args.paths)
     extractor = Extractor(config.scan)
     posts = changed = spans = skipped = 0
+    paths = args.paths
+    unrecorded = None
     with contextlib.ExitStack() as stack:
         manifest = None
         if not args.dry_run and args.out is None:
-            # In place: under the store lock, and recorded so `--revert` can undo it.
-            root = Path(config.store.path)
-            stack.enter_context(StoreLock(root, command_line()))
-            manifest = stack.enter_context(
-                Manifest(manifest_path(root), durability=config.store.durability)
-            )
-        for post in iter_posts(args.paths, config.scan):
+            root = _recording_store(args, config, base is not None or args.map is not None)
+            if root is None:
+                unrecorded = Path(config.store.path)
+            else:
+                # In place: under the store lock, and recorded so `--revert` can undo it.
+                mark_store(root)
+                stack.enter_context(StoreLock(root, command_line()))
+                manifest = stack.enter_context(
+                    Manifest(manifest_path(root), durability=config.store.durability)
+                )
+                paths = _absolute(paths)
+        elif not args.dry_run:
+            mark_out(args.out)
+        for post in iter_posts(paths, config.scan):
             posts += 1
             if base is not None:
                 result = rewrap(post.data, base, extractor, post.rel)
@@ -204,10 +263,16 @@ def cmd_rewrite(args: argparse.Namespace, config: Config) -> ExitStatus:
     else:
         verb = "rewrote" if base is None else "rewrapped"
     print(
-        f"mirror: {posts} posts, {verb} {spans} references in {changed} posts"
+        f"mirror: {plural(posts, 'post')}, {verb} {plural(spans, 'reference')} in "
+        f"{plural(changed, 'post')}"
         + (f", {skipped} changed on disk meanwhile and were left alone" if skipped else ""),
         file=sys.stderr,
     )
+    if unrecorded is not None and spans:
+        print(
+            f"  not recorded for --revert: {unrecorded} is no store (--create makes one)",
+            file=sys.stderr,
+        )
     return ExitStatus.INCOMPLETE if skipped else ExitStatus.OK
 
 
@@ -217,8 +282,10 @@ def _revert(args: argparse.Namespace, config: Config) -> ExitStatus:
 
     if args.map is not None or args.rewrap is not None or args.out is not None:
         raise UsageError("--revert cannot be combined with --map, --rewrap or --out")
-
-    result = revert(config, args.paths, show=_print_diff if args.dry_run else None)
+    check_paths(args.paths, config)
+    check_folder(Path(config.store.path))
+    paths = _absolute(args.paths)
+    result = revert(config, paths, show=_print_diff if args.dry_run else None)
     print(result.summary(args.dry_run), file=sys.stderr)
     return result.exit_status
 
@@ -235,6 +302,7 @@ def cmd_verify(args: argparse.Namespace, config: Config) -> ExitStatus:
     """Re-hash every object and check it against the manifest; --repair fixes what it can."""
     from mirror.audit import verify
 
+    check_folder(Path(config.store.path))
     audit = verify(config, repair=args.repair)
     _care_output(audit.lines(), audit.summary(), args.quiet)
     return audit.exit_status
@@ -244,6 +312,8 @@ def cmd_gc(args: argparse.Namespace, config: Config) -> ExitStatus:
     """List (--apply: delete) the objects no post under PATH needs."""
     from mirror.audit import collect
 
+    check_paths(args.paths, config)
+    check_folder(Path(config.store.path))
     collection = collect(config, args.paths, apply=args.apply)
     _care_output(collection.lines(), collection.summary(), args.quiet)
     return ExitStatus.OK
@@ -253,89 +323,88 @@ def cmd_export(args: argparse.Namespace, config: Config) -> ExitStatus:
     """Copy (--link: hard-link) the objects the posts need into DIR/objects/."""
     from mirror.export import export
 
+    check_paths(args.paths, config)
+    check_folder(Path(config.store.path))
+    check_folder(args.dir, "export DIR")
     exported = export(config, args.dir, args.paths, link=args.link)
     _care_output(exported.lines(), exported.summary(), args.quiet)
     return exported.exit_status
 
 
-def _with_options(config: Config, args: argparse.Namespace) -> Config:
-    """Apply the command line's overrides to the config tree."""
-    store, fetch, network = config.store, config.fetch, config.network
-    if getattr(args, "store", None) is not None:
-        store = dataclasses.replace(store, path=str(args.store))
-    if getattr(args, "jobs", None) is not None:
-        fetch = dataclasses.replace(fetch, jobs=args.jobs)
-    if getattr(args, "connect_to", None):
-        connect_to = network.connect_to + tuple(args.connect_to)
-        network = dataclasses.replace(network, connect_to=connect_to)
-    if getattr(args, "cacert", None) is not None:
-        network = dataclasses.replace(network, cacert=str(args.cacert))
-    return dataclasses.replace(config, store=store, fetch=fetch, network=network)
-
-
-def _print_summary(summary: RunSummary, seconds: float, out: TextIO) -> None:
-    refs = sum(summary.statuses.values())
-    by_status = ", ".join(f"{n} {s}" for s, n in summary.statuses.most_common()) or "none"
-    megabytes = summary.fetched_bytes / 1e6
-    unchanged = f" ({summary.unchanged} unchanged since the last run)" if summary.unchanged else ""
-    print(
-        f"mirror: {summary.posts} posts{unchanged}, {refs} references: {by_status}; "
-        f"{summary.rewritten} posts rewritten; {megabytes:.1f} MB fetched in {seconds:.1f} s",
-        file=out,
-    )
-    if summary.left_alone:
-        print(
-            f"  {summary.left_alone} posts changed on disk meanwhile and were left alone", file=out
-        )
-    if summary.waiting:
-        print(f"  {summary.waiting} unchanged posts still wait for images in backoff", file=out)
-    if summary.reasons:
-        reasons = ", ".join(f"{r} {n}" for r, n in summary.reasons.most_common())
-        print(f"  not mirrored, by reason: {reasons}", file=out)
-        hosts = ", ".join(f"{h} {n}" for h, n in summary.failed_hosts.most_common(10))
-        print(f"  not mirrored, by host: {hosts}", file=out)
-
-
-def progress_line(summary: RunSummary, total_posts: int, elapsed: float) -> str:
-    """Describe a run in progress: posts done/total, references, bytes, rate and ETA."""
-    done = sum(summary.statuses.values())
-    megabytes = summary.fetched_bytes / 1e6
-    line = (
-        f"{summary.posts}/{total_posts} posts, {done} references done, "
-        f"{megabytes:.1f} MB ({megabytes / max(elapsed, 1e-3):.1f} MB/s)"
-    )
-    if 0 < summary.posts < total_posts:
-        left = elapsed / summary.posts * (total_posts - summary.posts)
-        line += f", ETA {int(left) // 60}:{int(left) % 60:02d}"
-    return line
-
-
-async def _progress(job: Job, total_posts: int, started: float) -> None:
-    """Redraw one status line on a terminal until cancelled."""
+def _override(section: Any, flag: str, **changes: Any) -> Any:
+    """``dataclasses.replace`` for one flag; a bad value's error names the flag, not the key."""
     try:
-        while True:
-            await asyncio.sleep(0.5)
-            line = progress_line(job.summary, total_posts, time.monotonic() - started)
-            sys.stderr.write(f"\r{line}\x1b[K")
-            sys.stderr.flush()
-    finally:
-        sys.stderr.write("\r\x1b[K")
+        return dataclasses.replace(section, **changes)
+    except ConfigError as exc:
+        shown = " ".join(str(v) for v in changes.values())
+        raise UsageError(f"{flag} {shown}: {exc.problem} (it sets {exc.key})") from exc
+
+
+def _with_options(config: Config, args: argparse.Namespace) -> Config:
+    """Apply the command line's overrides to the config tree, for this run only."""
+    store, fetch, network, rewrite = config.store, config.fetch, config.network, config.rewrite
+    option = vars(args).get
+    if option("store") is not None:
+        store = _override(store, "--store", path=str(args.store))
+    if option("create"):
+        store = dataclasses.replace(store, create=True)
+    if option("jobs") is not None:
+        fetch = _override(fetch, "--jobs", jobs=args.jobs)
+    if option("timeout") is not None:
+        # One attempt's whole time (curl's --max-time); the connect and read parts fit inside it.
+        fetch = _override(
+            fetch,
+            "--timeout",
+            total_timeout=args.timeout,
+            connect_timeout=min(fetch.connect_timeout, args.timeout),
+            read_timeout=min(fetch.read_timeout, args.timeout),
+        )
+    if option("retries") is not None:
+        fetch = _override(fetch, "--retries", attempts=args.retries + 1)
+    if option("user_agent") is not None:
+        fetch = _override(fetch, "--user-agent", user_agent=args.user_agent)
+    if option("sources") is not None:
+        fetch = _override(fetch, "--sources", sources=args.sources)
+    if option("base_url") is not None:
+        rewrite = _override(rewrite, "--base-url", base_url=args.base_url)
+    if option("connect_to"):
+        connect_to = network.connect_to + tuple(args.connect_to)
+        network = _override(network, "--connect-to", connect_to=connect_to)
+    if option("cacert") is not None:
+        network = _override(network, "--cacert", cacert=str(args.cacert))
+    return dataclasses.replace(config, store=store, fetch=fetch, network=network, rewrite=rewrite)
+
+
+def _print_summary(
+    job: Job, summary: RunSummary, seconds: float, out: TextIO, *, empty: bool = False
+) -> None:
+    from mirror.summary import plan, run_summary
+
+    lines = plan(summary, job.config.store.path, empty) if job.dry_run else []
+    lines += run_summary(
+        summary, seconds, rewrite=job.rewrite, dry_run=job.dry_run, raw=job.config.scan.raw
+    )
+    print("\n".join(lines), file=out)
 
 
 async def _run_job(job: Job, paths: Sequence[Path], quiet: bool) -> RunSummary:
-    started = time.monotonic()
-    ticker = None
-    if not quiet and sys.stderr.isatty():
-        # Only a terminal gets progress, so only then is the tree walked twice (for the total).
-        total = sum(1 for _ in find_posts(paths, job.config.scan))
-        ticker = asyncio.create_task(_progress(job, total, started))
-    try:
+    from mirror.progress import maybe_progress
+
+    # Only a terminal gets progress, so only then are the posts walked twice (for the totals).
+    with maybe_progress(job, paths, sys.stderr, not quiet and sys.stderr.isatty()):
         return await job.run(paths)
-    finally:
-        if ticker is not None:
-            ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
+
+
+def _report_stream(args: argparse.Namespace, stack: contextlib.ExitStack) -> TextIO | None:
+    if args.report is None:
+        return None
+    if str(args.report) == "-":
+        return sys.stdout
+    try:
+        stream: TextIO = stack.enter_context(args.report.open("w", encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"--report {args.report}: {exc.strerror or exc}") from exc
+    return stream
 
 
 async def _once(args: argparse.Namespace, config: Config, *, rewrite: bool) -> ExitStatus:
@@ -344,25 +413,31 @@ async def _once(args: argparse.Namespace, config: Config, *, rewrite: bool) -> E
 
     started = time.monotonic()
     dry_run = getattr(args, "dry_run", False)
+    out = getattr(args, "out", None)
+    root = Path(config.store.path)
+    empty = not manifest_path(root).is_file()
+    paths = args.paths
     with contextlib.ExitStack() as stack:
         if not dry_run:
-            stack.enter_context(StoreLock(Path(config.store.path), command_line()))
-        report = None
-        if args.report is not None:
-            report = stack.enter_context(args.report.open("w", encoding="utf-8"))
+            mark_store(root)
+            stack.enter_context(StoreLock(root, command_line()))
+            if out is not None:
+                mark_out(out)
+            elif rewrite:
+                paths = _absolute(paths)
         job = Job(
             config,
             rewrite=rewrite,
             dry_run=dry_run,
-            out=getattr(args, "out", None),
-            report=report,
+            out=out,
+            report=_report_stream(args, stack),
             only_failed=args.only_failed,
             retry_reasons=frozenset(args.retry_reason or ()),
             refresh_after=args.refresh_after,
         )
-        summary = await _run_job(job, args.paths, args.quiet)
+        summary = await _run_job(job, paths, args.quiet)
     if not args.quiet:
-        _print_summary(summary, time.monotonic() - started, sys.stderr)
+        _print_summary(job, summary, time.monotonic() - started, sys.stderr, empty=empty)
     return summary.exit_status
 
 
@@ -413,9 +488,17 @@ async def _every(args: argparse.Namespace, config: Config, *, rewrite: bool) -> 
 
 
 def _job(args: argparse.Namespace, config: Config, *, rewrite: bool) -> ExitStatus:
+    dry_run = getattr(args, "dry_run", False)
+    out = getattr(args, "out", None)
+    if getattr(args, "every", None) is not None and (dry_run or out is not None):
+        raise UsageError("--every repeats a real run: it does not go with --dry-run or --out")
+    if dry_run and args.report is not None and str(args.report) == "-":
+        raise UsageError("--report - and --dry-run both write to stdout: give --report a FILE")
+    check_paths(args.paths, config)
+    check_store(Path(config.store.path), create=config.store.create, makes_missing=True)
+    if out is not None:
+        check_out(out, args.paths)
     if getattr(args, "every", None) is not None:
-        if getattr(args, "dry_run", False) or getattr(args, "out", None) is not None:
-            raise UsageError("--every repeats a real run: it does not go with --dry-run or --out")
         return asyncio.run(_every(args, config, rewrite=rewrite))
     return asyncio.run(_once(args, config, rewrite=rewrite))
 
@@ -434,12 +517,19 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> ExitStatus:
     """Serve /?<url> and stored objects until SIGTERM."""
     from mirror.workers import run_serve
 
-    overrides = {
-        name: getattr(args, name)
-        for name in ("host", "port", "workers", "open", "accel_redirect")
-        if getattr(args, name) is not None
-    }
-    config = dataclasses.replace(config, serve=dataclasses.replace(config.serve, **overrides))
+    serve = config.serve
+    for name in ("host", "port", "workers", "open", "accel_redirect"):
+        value = getattr(args, name)
+        if value is not None:
+            serve = _override(serve, "--" + name.replace("_", "-"), **{name: value})
+    config = dataclasses.replace(config, serve=serve)
+    if args.worker_of is None:
+        # Workers get their owner's checked config; only the process that was started checks.
+        # Open mode fills its store by itself, so it may start one; the closed world serves
+        # only what a store holds, and a missing one is surely a mistyped --store.
+        root = Path(config.store.path)
+        check_store(root, create=config.store.create, makes_missing=config.serve.open)
+        mark_store(root)
     return run_serve(config, args.worker_of)
 
 
@@ -448,15 +538,19 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> ExitStatus:
     from mirror.demo import demo_origin
     from mirror.pipeline import Job
 
-    examples = args.examples
+    # Package data, found beside the installed package (pyproject.toml ships it).
+    examples = args.examples or Path(__file__).resolve().parent / "examples"
     if not (examples / "posts").is_dir() or not (examples / "origin").is_dir():
         raise UsageError(f"{examples} has no posts/ and origin/: pass --examples DIR")
     work = args.dir
-    if work.exists():
-        shutil.rmtree(work)
-    shutil.copytree(examples / "posts", work / "posts")
+    prepare_demo_dir(work)
+    try:
+        shutil.copytree(examples / "posts", work / "posts")
+    except OSError as exc:
+        raise StoreError(f"cannot copy the example posts to {work / 'posts'}: {exc}") from exc
+    mark_store(work / "cache")
 
-    async def go() -> tuple[RunSummary, float]:
+    async def go() -> tuple[Job, RunSummary, float]:
         started = time.monotonic()
         async with demo_origin(examples / "origin") as origin:
             network = dataclasses.replace(
@@ -466,17 +560,18 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> ExitStatus:
             demo_config = dataclasses.replace(config, network=network, store=store)
             with (work / "report.jsonl").open("w", encoding="utf-8") as report:
                 job = Job(demo_config, rewrite=True, report=report)
-                summary = await _run_job(job, [work / "posts"], args.quiet)
-        return summary, time.monotonic() - started
+                summary = await _run_job(job, _absolute([work / "posts"]), args.quiet)
+        return job, summary, time.monotonic() - started
 
-    summary, seconds = asyncio.run(go())
-    _print_summary(summary, seconds, sys.stdout)
+    job, summary, seconds = asyncio.run(go())
+    _print_summary(job, summary, seconds, sys.stdout)
     print(
         f"\nrewritten posts: {work / 'posts'}\nstore (objects + manifest): {work / 'cache'}\n"
         f"per-reference report: {work / 'report.jsonl'}\n"
         "A few origin images are faulty on purpose (a 404, an HTML page, a hotlink placeholder\n"
         "that the proxy source then replaces), so some references end failed; `mirror run`\n"
-        "would exit 1 for them. The demo itself exits 0 when the job ran.",
+        "would exit 1 for them. The demo itself exits 0 when the job ran. Next, on your posts:\n"
+        "  mirror scan source/_posts      then      mirror run --dry-run source/_posts",
         file=sys.stdout,
     )
     return ExitStatus.OK
@@ -488,17 +583,24 @@ def cmd_report(args: argparse.Namespace, config: Config) -> ExitStatus:
 
     if args.gallery is not None and args.gallery < 0:
         raise UsageError(f"--gallery must be 0 or more, not {args.gallery}")
+    check_paths(args.paths, config)
+    check_folder(Path(config.store.path))
     extra = {} if args.gallery is None else {"gallery": args.gallery}
     report = write_report(config, args.html, args.paths, **extra)
     if not args.quiet:
         counts = Counter(entry.status for entry in report.sources)
         print(
-            f"mirror: wrote {args.html}: {len(report.sources)} sources "
-            f"({', '.join(f'{n} {s}' for s, n in counts.most_common()) or 'none'}), "
-            f"{len(report.gallery)} of {report.gallery_total} objects in the gallery",
+            f"mirror: wrote {args.html}: {plural(len(report.sources), 'distinct source')} in the "
+            f"manifest ({', '.join(f'{n} {s}' for s, n in counts.most_common()) or 'none'}; "
+            "each URL once, however many references name it: `mirror scan` and `mirror run` "
+            f"count references), {len(report.gallery)} of {report.gallery_total} objects in the "
+            "gallery",
             file=sys.stderr,
         )
     return ExitStatus.OK
+
+
+# --- argument types: a bad value is an argparse error naming the flag (exit 2) -----------------
 
 
 def _duration(text: str) -> float:
@@ -508,31 +610,135 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _count(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port (0 picks a free one)")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, not {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
+    return value
+
+
+def _sources(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in SOURCES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a comma-separated list of {', '.join(SOURCES)}"
+        )
+    return names
+
+
+def _base_url(text: str) -> str:
+    if not text.endswith("/"):
+        raise argparse.ArgumentTypeError(f"{text!r} must end with '/' (e.g. /mirror/)")
+    return text
+
+
+def _reason(text: str) -> str:
+    if is_reason(text):
+        return text
+    near = difflib.get_close_matches(text, REASONS, n=1)
+    hint = f"did you mean {near[0]}? " if near else ""
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is not a reason code; {hint}the codes: {', '.join(REASONS)}, http-NNN "
+        "(e.g. http-404)"
+    )
+
+
+# --- the parser --------------------------------------------------------------------------------
+
+
+def _command(
+    sub: Any, name: str, parents: list[argparse.ArgumentParser]
+) -> argparse.ArgumentParser:
+    short, description, _examples = helptext.COMMANDS[name]
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        parents=parents,
+        help=short,
+        description=helptext.paragraph(description),
+        epilog=helptext.epilog(name),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser
+
+
+def _store_option(parser: argparse.ArgumentParser, create: bool = False) -> None:
+    parser.add_argument(
+        "--store", type=Path, metavar="DIR", help="store folder (default: store.path, ./cache)"
+    )
+    if create:
+        parser.add_argument(
+            "--create",
+            action="store_true",
+            help="make the store when --store is no store yet (store.create)",
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with one subcommand per job."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, help="config file (default: ./config.toml if any)")
+    common.add_argument(
+        "-c", "--config", type=Path, metavar="FILE", help="config file (default: ./config.toml)"
+    )
     common.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     common.add_argument("-q", "--quiet", action="store_true", help="errors only")
 
     parser = argparse.ArgumentParser(
-        prog="mirror", description="Rescue images behind a dying CORS proxy and rewrite posts."
+        prog="mirror",
+        description=helptext.paragraph(helptext.MAIN),
+        epilog=helptext.MAIN_EXAMPLES + "\n\n" + helptext.exit_statuses(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"mirror {__version__}")
+    parser.add_argument("-V", "--version", action="version", version=f"mirror {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    scan = sub.add_parser("scan", parents=[common], help="list every image reference")
+    scan = _command(sub, "scan", [common])
     scan.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     scan.add_argument("--json", action="store_true", help="JSON Lines on stdout")
     scan.set_defaults(handler=cmd_scan)
 
-    rw = sub.add_parser("rewrite", parents=[common], help="point references at new URLs")
+    rw = _command(sub, "rewrite", [common])
     rw.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     rw.add_argument(
-        "--map", type=Path, help="JSON object: source URL -> new URL (default: the manifest)"
+        "--map",
+        type=Path,
+        metavar="FILE",
+        help="JSON object: source URL -> new URL (default: the manifest)",
     )
-    rw.add_argument("--store", type=Path, help="store folder (default: store.path, ./cache)")
-    rw.add_argument("--out", type=Path, help="write copies under DIR instead of in place")
+    _store_option(rw, create=True)
+    rw.add_argument(
+        "-o", "--out", type=Path, metavar="DIR", help="write copies under DIR, not in place"
+    )
     rw.add_argument("--dry-run", action="store_true", help="print a unified diff, write nothing")
     rw.add_argument(
         "--rewrap",
@@ -544,21 +750,52 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="put back the original text of every span mirror replaced (from the manifest)",
     )
+    rw.add_argument(
+        "--base-url", type=_base_url, metavar="URL", help="what local copies' URLs start with"
+    )
     rw.set_defaults(handler=cmd_rewrite)
 
     network = argparse.ArgumentParser(add_help=False)
-    network.add_argument("--store", type=Path, help="store folder (default: store.path, ./cache)")
     network.add_argument(
         "--connect-to",
         action="append",
         metavar="HOST:PORT:HOST2:PORT2",
         help="connect to HOST2:PORT2 for requests to HOST:PORT (repeatable; curl's meaning)",
     )
-    network.add_argument("--cacert", type=Path, help="PEM CAs trusted besides the system's")
-    network.add_argument("--report", type=Path, help="write a JSON Lines report, one per reference")
-    network.add_argument("--jobs", type=int, help="concurrent downloads (default fetch.jobs, 32)")
+    network.add_argument(
+        "--cacert", type=Path, metavar="FILE", help="PEM CAs trusted besides the system's"
+    )
+    network.add_argument(
+        "-j", "--jobs", type=_positive_int, metavar="N", help="concurrent downloads (fetch.jobs)"
+    )
+    network.add_argument(
+        "--timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="the most one attempt at one URL may take (fetch.total_timeout, 60)",
+    )
+    network.add_argument(
+        "--retries",
+        type=_count,
+        metavar="N",
+        help="retries of a transient failure after the first attempt (fetch.attempts - 1, 2)",
+    )
+    network.add_argument("--user-agent", metavar="TEXT", help="the User-Agent sent")
+    network.add_argument(
+        "--sources",
+        type=_sources,
+        metavar="LIST",
+        help=f"where to look, in order (fetch.sources): comma-separated {', '.join(SOURCES)}",
+    )
 
     job = argparse.ArgumentParser(add_help=False)
+    _store_option(job, create=True)
+    job.add_argument(
+        "--report",
+        type=Path,
+        metavar="FILE",
+        help="write a JSON Lines report, one object per reference ('-': stdout)",
+    )
     job.add_argument(
         "--every",
         type=_duration,
@@ -577,25 +814,30 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument(
         "--retry-reason",
         action="append",
+        type=_reason,
         metavar="REASON",
-        help="retry only failures with this reason, e.g. size-mismatch (repeatable)",
+        help="retry only failures with this reason code, e.g. size-mismatch (repeatable)",
     )
 
-    fetch = sub.add_parser("fetch", parents=[common, network, job], help="download and verify")
+    fetch = _command(sub, "fetch", [common, network, job])
     fetch.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     fetch.set_defaults(handler=cmd_fetch)
 
-    run = sub.add_parser("run", parents=[common, network, job], help="scan + fetch + rewrite")
+    run = _command(sub, "run", [common, network, job])
     run.add_argument("paths", nargs="+", type=Path, metavar="PATH")
-    run.add_argument("--out", type=Path, help="write rewritten copies under DIR")
+    run.add_argument(
+        "-o", "--out", type=Path, metavar="DIR", help="write rewritten copies under DIR"
+    )
     run.add_argument("--dry-run", action="store_true", help="no network, no writes: print diffs")
+    run.add_argument(
+        "--base-url", type=_base_url, metavar="URL", help="what local copies' URLs start with"
+    )
     run.set_defaults(handler=cmd_run)
 
-    serve = sub.add_parser(
-        "serve", parents=[common, network], help="answer as the CORS proxy, from the store"
-    )
+    serve = _command(sub, "serve", [common, network])
+    _store_option(serve, create=True)
     serve.add_argument("--host", help="bind address (default serve.host, 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="TCP port (default serve.port, 8080; 0: any)")
+    serve.add_argument("--port", type=_port, help="TCP port (default serve.port, 8080; 0: any)")
     serve.add_argument("--workers", type=int, help="worker processes (default serve.workers, 1)")
     serve.add_argument(
         "--open", action="store_true", default=None, help="serve any image URL (serve.open)"
@@ -605,23 +847,30 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PREFIX",
         help="behind nginx: answer /?<url> hits with X-Accel-Redirect: PREFIX<ab>/<sha>.<ext>",
     )
+    serve.add_argument(
+        "--base-url", type=_base_url, metavar="URL", help="the path stored objects are served at"
+    )
     serve.add_argument("--worker-of", help=argparse.SUPPRESS)
     serve.set_defaults(handler=cmd_serve)
 
-    demo = sub.add_parser("demo", parents=[common], help="the whole job on the bundled example")
+    demo = _command(sub, "demo", [common])
     demo.add_argument(
         "--examples",
         type=Path,
-        default=Path(__file__).resolve().parent.parent / "examples",
-        help="the examples folder (default: the one beside the package)",
+        metavar="DIR",
+        help="the examples folder (default: the one installed with mirror)",
     )
-    demo.add_argument("--dir", type=Path, default=Path("mirror-demo"), help="work folder")
+    demo.add_argument(
+        "--dir",
+        type=Path,
+        metavar="DIR",
+        default=Path("mirror-demo"),
+        help="work folder: new, empty, or an earlier demo's (default ./mirror-demo)",
+    )
     demo.set_defaults(handler=cmd_demo)
 
-    store = argparse.ArgumentParser(add_help=False)
-    store.add_argument("--store", type=Path, help="store folder (default: store.path, ./cache)")
-
-    checker = sub.add_parser("verify", parents=[common, store], help="re-hash and check the store")
+    checker = _command(sub, "verify", [common])
+    _store_option(checker)
     checker.add_argument(
         "--repair",
         action="store_true",
@@ -629,12 +878,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     checker.set_defaults(handler=cmd_verify)
 
-    gc = sub.add_parser("gc", parents=[common, store], help="remove objects no post needs")
+    gc = _command(sub, "gc", [common])
+    _store_option(gc)
     gc.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     gc.add_argument("--apply", action="store_true", help="delete them (default: only list them)")
     gc.set_defaults(handler=cmd_gc)
 
-    exporter = sub.add_parser("export", parents=[common, store], help="copy objects to upload")
+    exporter = _command(sub, "export", [common])
+    _store_option(exporter)
     exporter.add_argument("dir", type=Path, metavar="DIR", help="writes DIR/objects/<ab>/...")
     exporter.add_argument(
         "paths", nargs="*", type=Path, metavar="PATH", help="only what these posts need"
@@ -642,12 +893,12 @@ def build_parser() -> argparse.ArgumentParser:
     exporter.add_argument("--link", action="store_true", help="hard-link instead of copying")
     exporter.set_defaults(handler=cmd_export)
 
-    report = sub.add_parser("report", parents=[common], help="write a visual HTML report")
+    report = _command(sub, "report", [common])
     report.add_argument(
         "paths", nargs="*", type=Path, metavar="PATH", help="posts to link images and failures to"
     )
     report.add_argument("--html", type=Path, required=True, metavar="FILE", help="page to write")
-    report.add_argument("--store", type=Path, help="store folder (default: store.path, ./cache)")
+    _store_option(report)
     report.add_argument(
         "--gallery",
         type=int,
@@ -683,3 +934,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return ExitStatus.OK
+    except OSError as exc:
+        # Not one of mirror's own errors, but still the run failing, not a bug to show as one.
+        log.debug("unexpected OS error", exc_info=True)
+        print(f"mirror: error: {exc}", file=sys.stderr)
+        return ExitStatus.FAILED

@@ -272,6 +272,8 @@ class StoreConfig:
     staging: str = ""
     durability: str = "crash"
     s3: S3Config = field(default_factory=S3Config)
+    # Whether serve and rewrite may make a store where there is none (run and fetch always may).
+    create: bool = False
 
     def __post_init__(self) -> None:
         _one_of("store.durability", self.durability, ("crash", "power"))

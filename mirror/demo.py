@@ -1,13 +1,15 @@
 """
 A local stand-in for the example origins and the CORS proxy, so ``mirror demo`` needs no internet.
 
-:func:`demo_origin` serves ``examples/origin/<host>/<path>`` on 127.0.0.1, over plain HTTP and over
-TLS (with the demo CA in ``examples/origin/tls/``), and hands back curl-style ``connect_to`` entries
-that send every example host and ``cors.zfour.workers.dev`` there. The proxy host acts as the
-worker: ``GET /?<inner url>`` answers with the inner URL's file, preferring the proxy's own copy in
-``_proxy/<host>/<path>`` (where the origin serves a hotlinking placeholder), with
-``Access-Control-Allow-Origin: *``. Nothing is ever fetched over the network, and only hosts listed
-in ``hosts.txt`` are served, so nothing outside their folders (``tls/`` included) is reachable.
+The example posts and their origin are package data in ``mirror/examples/`` (:data:`EXAMPLES`), so
+a plain ``pip install .`` runs the demo too. :func:`demo_origin` serves ``origin/<host>/<path>`` on
+127.0.0.1, over plain HTTP and over TLS (with the demo CA in ``origin/tls/``), and hands back
+curl-style ``connect_to`` entries that send every example host and ``cors.zfour.workers.dev``
+there. The proxy host acts as the worker: ``GET /?<inner url>`` answers with the inner URL's file,
+preferring the proxy's own copy in ``_proxy/<host>/<path>`` (where the origin serves a hotlinking
+placeholder), with ``Access-Control-Allow-Origin: *``. Nothing is ever fetched over the network,
+and only hosts listed in ``hosts.txt`` are served, so nothing outside their folders (``tls/``
+included) is reachable.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from urllib.parse import unquote, urlsplit
 
 from aiohttp import web
 
+EXAMPLES = Path(__file__).resolve().parent / "examples"
 PROXY_HOST = "cors.zfour.workers.dev"
 PROXY_DIR = "_proxy"
 INDEX_NAME = "_index"  # the file behind a path that ends with "/"
@@ -143,7 +146,7 @@ def _listen(sockets: list[socket.socket]) -> int:
 @contextlib.asynccontextmanager
 async def demo_origin(root: Path) -> AsyncIterator[DemoOrigin]:
     """
-    Serve ``root`` (``examples/origin``) on 127.0.0.1 over HTTP and HTTPS until the block exits.
+    Serve ``root`` (``mirror/examples/origin``) on 127.0.0.1, HTTP and HTTPS, until the block exits.
 
     Raises:
         OSError: ``root`` lacks ``hosts.txt`` or the ``tls/`` PEM files.

@@ -7,7 +7,9 @@ objects they need out as ``DIR/objects/<ab>/<sha256>.<ext>`` (upload ``DIR/objec
 ``mirror/``). Each file is copied (or hard-linked) to a temp name in its folder and renamed into
 place, so an upload that runs meanwhile never sees half a file, and no symlink inside DIR is ever
 written through (one planted there is refused); a file already there with the same size is
-skipped, so exporting again only adds what is new. Export only reads the store and takes no store
+skipped, so exporting again only adds what is new. A file already there with another
+size is not mirror's export (its name is the hash of bytes it does not hold): it is left alone and
+reported as a conflict, never overwritten. Export only reads the store and takes no store
 lock; an object removed meanwhile (by ``gc``) is reported as missing.
 """
 
@@ -32,22 +34,26 @@ class Exported:
     linked: int = 0
     present: int = 0
     missing: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)
 
     @property
     def exit_status(self) -> ExitStatus:
-        """1 when an object a post needs is not in the store, else 0."""
-        return ExitStatus.INCOMPLETE if self.missing else ExitStatus.OK
+        """1 when an object a post needs is not in the store or its place is taken, else 0."""
+        return ExitStatus.INCOMPLETE if self.missing or self.conflicts else ExitStatus.OK
 
     def lines(self) -> list[str]:
-        """One line per missing object (stdout)."""
-        return [f"missing  {file}  (not in the store)" for file in self.missing]
+        """One line per missing object and per conflict (stdout)."""
+        return [f"missing  {file}  (not in the store)" for file in self.missing] + [
+            f"conflict {file}  (another file is there; left alone)" for file in self.conflicts
+        ]
 
     def summary(self) -> list[str]:
         """What was written (stderr)."""
         how = f", {self.linked} of them hard-linked" if self.linked else ""
+        taken = f"; {len(self.conflicts)} left alone (another file there)" if self.conflicts else ""
         return [
             f"export: {self.files} files ({size_text(self.size)}) written{how}; "
-            f"{self.present} already there; {len(self.missing)} missing"
+            f"{self.present} already there; {len(self.missing)} missing{taken}"
         ]
 
 
@@ -93,6 +99,10 @@ def export(
             continue
         if how == "present":
             result.present += 1
+            continue
+        if how == "conflict":
+            # Not an earlier export of this object: never overwrite what mirror did not write.
+            result.conflicts.append(rel)
             continue
         result.linked += how == "linked"
         result.files += 1

@@ -23,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from mirror.errors import MirrorError
+from mirror.errors import ExitStatus, MirrorError, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,9 @@ LOCK_NAME = "mirror.lock"
 
 
 class LockedError(MirrorError):
-    """Another mirror holds the store lock."""
+    """Another mirror holds the store lock: this command did not run (exit 3, not 1)."""
+
+    exit_status = ExitStatus.FAILED
 
 
 def _alive(pid: int) -> bool:
@@ -65,13 +67,13 @@ class StoreLock:
 
         Raises:
             LockedError: another live process holds it (the message names the lock file).
-            MirrorError: the lock file cannot be created.
+            StoreError: the lock file cannot be created.
         """
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise MirrorError(f"cannot open the store lock {self.path}: {exc.strerror}") from exc
+            raise StoreError(f"cannot open the store lock {self.path}: {exc.strerror}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -22,7 +22,7 @@ import os
 import sys
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -47,11 +47,20 @@ BATCH = 256
 MAX_BACKOFF = 7 * 24 * 3600.0
 # Outcomes kept in memory after their fetch ends; older ones are read back from the manifest.
 RECENT = 4096
+# A dry run lists this many of the URLs a real run would fetch.
+PLAN_URLS = 10
 
 
 @dataclass
 class RunSummary:
-    """What a run did, for the closing summary and the exit status."""
+    """
+    What a run did, for the closing summary and the exit status.
+
+    ``found`` counts every reference in the posts read (what ``mirror scan`` counts);
+    ``statuses`` counts the ones the run acted on: every wrapped reference, and the raw ones that
+    are copies of a wrapped source (all raw ones with ``scan.raw = "all"``). ``planned*`` is a
+    dry run's plan: the distinct sources a real run would fetch.
+    """
 
     posts: int = 0
     unchanged: int = 0
@@ -62,6 +71,52 @@ class RunSummary:
     statuses: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)
     failed_hosts: Counter[str] = field(default_factory=Counter)
+    found: int = 0
+    found_wrapped: int = 0
+    acted_wrapped: int = 0
+    acted_raw: int = 0
+    failed_reasons: Counter[str] = field(default_factory=Counter)
+    planned: set[str] = field(default_factory=set)
+    planned_hosts: Counter[str] = field(default_factory=Counter)
+    planned_posts: Counter[str] = field(default_factory=Counter)
+    planned_urls: list[str] = field(default_factory=list)
+
+    def saw(
+        self,
+        post: str,
+        refs: Sequence[ImageRef],
+        acted: Sequence[ImageRef],
+        outcomes: Mapping[str, Outcome],
+    ) -> None:
+        """Count one post's references: all of them, those acted on, and a dry run's plan."""
+        self.found += len(refs)
+        self.found_wrapped += sum(ref.proxied for ref in refs)
+        in_post: set[str] = set()
+        for ref in acted:
+            outcome = outcomes[ref.source]
+            if ref.proxied:
+                self.acted_wrapped += 1
+            else:
+                self.acted_raw += 1
+            if outcome.status in ("failed", "blocked"):
+                self.failed_reasons[outcome.reason or "unknown"] += 1
+            if outcome.reason == "dry-run" and ref.source not in in_post:
+                in_post.add(ref.source)
+                self.planned_posts[post] += 1
+                if ref.source not in self.planned:
+                    self.planned.add(ref.source)
+                    self.planned_hosts[origin_host(ref.source)] += 1
+                    if len(self.planned_urls) < PLAN_URLS:
+                        self.planned_urls.append(ref.source)
+
+    @property
+    def offline(self) -> bool:
+        """
+        Tell whether no host could be resolved: every failure is ``dns`` (or ``host-down``, the
+        circuit breaker's verdict after them) and nothing was downloaded.
+        """
+        reasons = set(self.failed_reasons)
+        return "dns" in reasons and reasons <= {"dns", "host-down"} and not self.fetched_bytes
 
     @property
     def exit_status(self) -> ExitStatus:
@@ -245,16 +300,24 @@ class Job:
             return True
         return not self.only_failed and state.next_check > self.clock()
 
-    def _unchanged(self, state: PostState | None, st: os.stat_result) -> bool:
-        """The stat fast path: same size, mtime and inode as a finished post, so not read."""
+    def skips_unread(self, state: PostState | None, st: os.stat_result) -> bool:
+        """
+        Tell whether the stat fast path skips a post in ``state`` unread: same size, mtime and
+        inode as a finished post (the progress line's first pass asks too).
+        """
         if state is None or (st.st_size, st.st_mtime_ns, st.st_ino) != (
             state.size,
             state.mtime_ns,
             state.inode,
         ):
             return False
-        if not self._finished(state):
+        return self._finished(state)
+
+    def _unchanged(self, state: PostState | None, st: os.stat_result) -> bool:
+        """The stat fast path: same size, mtime and inode as a finished post, so not read."""
+        if not self.skips_unread(state, st):
             return False
+        assert state is not None
         self.summary.posts += 1
         self.summary.unchanged += 1
         if state.next_check is not None:
@@ -305,6 +368,10 @@ class Job:
         says = mapping if self.rewrite and not self.dry_run else {}
         for ref in reported:
             self._count(ref, outcomes[ref.source], says.get(ref.source))
+        self.summary.saw(post.rel, refs, reported, outcomes)
+        if self._downloader is not None:
+            # Live, for the progress line; run() sets the final figure.
+            self.summary.fetched_bytes = self._downloader.fetched_bytes
         waiting = [o.next_attempt or self.clock() for o in outcomes.values() if o.obj is None]
         next_check = min(waiting) if waiting else None
         if self.rewrite:

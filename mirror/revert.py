@@ -1,6 +1,10 @@
 """
 Revert: put back, byte-exact, every span mirror replaced in some posts.
 
+Rewrites are recorded under the post's absolute path (what ``mirror run`` and ``mirror rewrite``
+hand down), so a revert from any folder finds them; journals written before that keyed a post by
+the path as typed, and those keys are still found, as any tail of the absolute path.
+
 A post's rewrites are undone newest generation first, following the protocol in
 :mod:`mirror.manifest`: a generation whose ``before_sha256`` is what the post holds never landed
 (or was undone already) and is only forgotten; one whose ``after_sha256`` is what the post holds
@@ -14,6 +18,7 @@ leaves a generation whose ``before_sha256`` matches the post, which the next rev
 from __future__ import annotations
 
 import hashlib
+import heapq
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -27,6 +32,7 @@ from mirror.manifest import Manifest, Rewrite
 from mirror.models import Post, Span
 from mirror.rewrite import undo
 from mirror.scan import iter_posts, write_post
+from mirror.summary import plural
 
 log = logging.getLogger("mirror.scan")
 
@@ -49,36 +55,79 @@ class Reverted:
         """One line for stderr."""
         verb = "would revert" if dry_run else "reverted"
         alone = f", {len(self.left_alone)} left alone" if self.left_alone else ""
-        done = f"{verb} {self.spans} references in {self.reverted} posts"
-        return f"mirror: {self.posts} posts, {done}{alone}"
+        done = f"{verb} {plural(self.spans, 'reference')} in {plural(self.reverted, 'post')}"
+        return f"mirror: {plural(self.posts, 'post')}, {done}{alone}"
 
 
-def _history(manifest: Manifest, path: Path) -> tuple[str, list[Rewrite]]:
-    """Find the post's rewrites under the name it was recorded by (the path as given then)."""
-    keys = [str(path), str(path.resolve())]
-    keys.append(os.path.relpath(keys[1]))
-    for key in dict.fromkeys(keys):
-        rewrites = manifest.spans_for(key)
-        if rewrites:
-            return key, rewrites
-    return str(path), []
+def post_key(path: Path) -> str:
+    """A post's key in the rewrite journal: absolute, unresolved, as the posts table keys it."""
+    return os.path.abspath(path)  # noqa: PTH100
 
 
-def _undo(data: bytes, rewrites: list[Rewrite]) -> tuple[bytes, int] | str:
-    """Return the original bytes and how many spans were put back, or why that is impossible."""
+def _legacy_keys(manifest: Manifest) -> dict[str, list[str]]:
+    """
+    Journal keys written before keys were absolute (the path as typed, relative to wherever
+    that command ran), by their tail: the key without leading ``./`` and ``../`` parts.
+    """
+    # One query for the whole revert; manifest.py has none for this.
+    keys = [key for (key,) in manifest.conn.execute("SELECT DISTINCT post FROM rewrites")]
+    tails: dict[str, list[str]] = {}
+    for key in keys:
+        if Path(key).is_absolute():
+            continue
+        parts = [part for part in Path(key).parts if part not in (".", "..")]
+        if parts:
+            tails.setdefault("/".join(parts), []).append(key)
+    return tails
+
+
+def _history(
+    manifest: Manifest, path: Path, legacy: dict[str, list[str]]
+) -> list[tuple[str, Rewrite]]:
+    """
+    The post's rewrites, newest first, each with the key it is recorded under: its absolute
+    path, and any legacy relative key that is a tail of it (from any working folder).
+    """
+    key = post_key(path)
+    groups = [[(key, rewrite) for rewrite in manifest.spans_for(key)]]
+    parts = Path(key).parts
+    for start in range(1, len(parts)):
+        for old in legacy.get("/".join(parts[start:]), ()):
+            groups.append([(old, rewrite) for rewrite in manifest.spans_for(old)])
+    # Newest first across keys; merge keeps each key's own generation order whatever the clock.
+    return list(heapq.merge(*groups, key=lambda item: -item[1].created))
+
+
+def _undo(
+    data: bytes, history: list[tuple[str, Rewrite]], key: str
+) -> tuple[bytes, int, list[tuple[str, int]]] | str:
+    """
+    Return the original bytes, how many spans were put back and the generations to forget, or
+    why that is impossible. A legacy generation that fits neither side of the post is another
+    post's (the same relative path typed in another folder) and is left as it is.
+    """
     spans = 0
-    for rewrite in rewrites:
+    forget: list[tuple[str, int]] = []
+    for owner, rewrite in history:
         digest = hashlib.sha256(data).hexdigest()
+        ours = owner == key
         if digest == rewrite.before_sha256:
+            if ours:
+                forget.append((owner, rewrite.generation))
             continue
         if rewrite.after_sha256 is not None and digest != rewrite.after_sha256:
+            if not ours:
+                continue
             return f"it changed since generation {rewrite.generation} of its rewrites"
         try:
             data = undo(data, [Span(s.offset, s.old, s.new, s.source) for s in rewrite.spans])
         except ValueError as exc:
+            if not ours:
+                continue
             return f"generation {rewrite.generation}: {exc}"
         spans += len(rewrite.spans)
-    return data, spans
+        forget.append((owner, rewrite.generation))
+    return data, spans, forget
 
 
 def revert(
@@ -102,17 +151,18 @@ def revert(
     """
     result = Reverted()
     with open_store(config, write=show is None) as (_store, manifest):
+        legacy = _legacy_keys(manifest)
         for post in iter_posts(paths, config.scan):
             result.posts += 1
-            key, rewrites = _history(manifest, post.path)
-            if not rewrites:
+            history = _history(manifest, post.path, legacy)
+            if not history:
                 continue
-            undone = _undo(post.data, rewrites)
+            undone = _undo(post.data, history, post_key(post.path))
             if isinstance(undone, str):
                 log.warning("left %s alone: %s", post.path, undone)
                 result.left_alone.append(str(post.path))
                 continue
-            data, spans = undone
+            data, spans, forget = undone
             if show is not None:
                 if spans:
                     show(post, data)
@@ -121,8 +171,8 @@ def revert(
                 continue
             if show is None:
                 with manifest.transaction():
-                    for rewrite in rewrites:
-                        manifest.forget_rewrite(key, rewrite.generation)
+                    for owner, generation in forget:
+                        manifest.forget_rewrite(owner, generation)
             if spans:
                 result.reverted += 1
                 result.spans += spans

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from mirror.atomic import READ_FLAGS, TEMP_NAME, atomic_write, describe_kind, read_at_most
 from mirror.config import ScanConfig
+from mirror.errors import UsageError
 from mirror.manifest import Manifest
 from mirror.models import Post, Span
 from mirror.swap import replace_unchanged
@@ -50,6 +51,9 @@ def find_posts(
     With ``sweep`` (the caller holds the store lock, so no other mirror is writing posts), every
     temp file a killed mirror left beside posts (:data:`TEMP_NAME` of a name ``config.include``
     matches) is removed at once, whatever its age.
+
+    Raises:
+        UsageError: a PATH does not exist (a mistyped path in a crontab must not read as success).
     """
     include = _include(config.include).match
     for root in paths:
@@ -57,8 +61,7 @@ def find_posts(
             yield root, root.name
             continue
         if not root.is_dir():
-            log.warning("no such file or folder: %s", root)
-            continue
+            raise UsageError(f"no such file or folder: {root}")
         yield from _walk(root, include, sweep)
 
 

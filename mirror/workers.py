@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -35,7 +36,7 @@ from aiohttp import web
 
 from mirror.catalog import Catalog
 from mirror.config import Config, config_from_mapping
-from mirror.errors import ExitStatus, MirrorError
+from mirror.errors import ExitStatus, ListenError, MirrorError
 from mirror.manifest import manifest_path
 from mirror.metrics import Metrics, merge
 from mirror.resolver import Resolution, Resolver, SingleFlight
@@ -74,10 +75,21 @@ async def _listening(
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise _listen_error(host, port, exc) from exc
         yield list(runner.addresses)
     finally:
         await runner.cleanup()
+
+
+def _listen_error(host: str, port: int, exc: OSError) -> ListenError:
+    """One line for a port that cannot be taken (exit 3), instead of a traceback."""
+    why = exc.strerror or str(exc)
+    if exc.errno == errno.EADDRINUSE:
+        why = "the address is already in use (another mirror serve?); pick another with --port"
+    return ListenError(f"cannot listen on {host}:{port}: {why}")
 
 
 def _banner(config: Config, address: Any) -> str:
@@ -214,7 +226,7 @@ def _reserve_port(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise MirrorError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        raise _listen_error(host, port, exc) from exc
     return sock
 
 

@@ -15,8 +15,10 @@ import contextlib
 import dataclasses
 import io
 import ipaddress
+import shutil
 import socket
 import ssl
+import subprocess
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -49,6 +51,75 @@ FAST_FETCH: dict[str, Any] = {
     "read_timeout": 2.0,
     "total_timeout": 10.0,
 }
+
+
+# What test tools leave in a checkout on their own (caches, bytecode), not what a test wrote.
+TOOL_LEFTOVERS = (
+    "__pycache__",
+    ".hypothesis",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".coverage",
+    "htmlcov",
+)
+
+
+def checkout_status(root: Path) -> set[str] | None:
+    """
+    ``git status --porcelain --ignored`` of the checkout holding ``root``, one entry a line,
+    without tool leftovers; None when ``root`` is not inside a git checkout (or git is missing).
+    """
+    git = shutil.which("git")
+    if git is None:
+        return None
+    try:
+        done = subprocess.run(
+            [git, "status", "--porcelain", "--ignored", "--untracked-files=all", "."],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
+        return None
+    return {
+        line
+        for line in done.stdout.splitlines()
+        if not any(
+            part in TOOL_LEFTOVERS or part.endswith(".egg-info") or part.startswith(".coverage")
+            for part in line[3:].split("/")
+        )
+    }
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Remember the checkout's state, so the session can prove no test wrote into it."""
+    session.stash[_STATUS] = checkout_status(Path(str(session.config.rootpath)))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run, listing them, when tests left files in the checkout (tests use tmp_path)."""
+    before = session.stash.get(_STATUS, None)
+    if before is None:
+        return  # not a git checkout: nothing to compare
+    after = checkout_status(Path(str(session.config.rootpath)))
+    new = sorted((after or set()) - before)
+    if not new:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    message = "tests wrote into the checkout (use tmp_path, --store, --config):\n" + "\n".join(
+        f"  {line}" for line in new
+    )
+    if reporter is not None:
+        reporter.write_line(message, red=True)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_STATUS = pytest.StashKey[set[str] | None]()
 
 
 class NetworkGuardError(RuntimeError):

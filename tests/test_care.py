@@ -266,7 +266,7 @@ def test_verify_without_manifest_is_a_usage_error(
 def test_writing_commands_take_the_store_lock(
     site: Site, command: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """verify --repair, gc --apply and rewrite --revert refuse while another mirror holds it."""
+    """verify --repair, gc --apply and rewrite --revert exit 3 while another mirror holds it."""
     site.write("a.md", 1)
     assert ExitStatus.OK == main(["run", *site.opts, str(site.posts)])
     rewritten = (site.posts / "a.md").read_bytes()
@@ -278,7 +278,7 @@ def test_writing_commands_take_the_store_lock(
     places = {"POSTS": str(site.posts), "OTHER": str(other)}
     capsys.readouterr()
     with StoreLock(site.store, "mirror run (another one)"):
-        assert ExitStatus.INCOMPLETE == main([*(places.get(a, a) for a in command), *site.opts])
+        assert ExitStatus.FAILED == main([*(places.get(a, a) for a in command), *site.opts])
     assert "locked by another mirror" in capsys.readouterr().err
     assert rewritten == (site.posts / "a.md").read_bytes()
     assert site.path(1).exists()
@@ -518,8 +518,8 @@ def test_revert_undoes_two_generations(
     assert ExitStatus.INCOMPLETE == main(["run", *site.opts, str(site.posts)])
     first = (site.posts / "a.md").read_bytes()
     origin.broken.clear()
-    time.sleep(0.01)  # past the failure_backoff of 1 ms
-    assert ExitStatus.OK == main(["run", *site.opts, str(site.posts)])
+    # --only-failed retries it now: no waiting for the clock to pass its failure_backoff.
+    assert ExitStatus.OK == main(["run", "--only-failed", *site.opts, str(site.posts)])
     assert first != (site.posts / "a.md").read_bytes()
     with site.manifest() as manifest:
         assert [2, 1] == [g.generation for g in manifest.spans_for(str(site.posts / "a.md"))]
@@ -557,7 +557,7 @@ def test_revert_dry_run_prints_the_diff_and_writes_nothing(
     assert ExitStatus.OK == main(["rewrite", "--revert", "--dry-run", *site.opts, str(site.posts)])
     out, err = out_err(capsys)
     assert f"+headimg: '{WRAP}{src(1)}'" in out
-    assert "would revert 2 references in 1 posts" in err
+    assert "would revert 2 references in 1 post" in err
     assert rewritten == (site.posts / "a.md").read_bytes()
     with site.manifest() as manifest:
         assert 1 == len(manifest.spans_for(str(site.posts / "a.md")))
@@ -588,3 +588,136 @@ def test_rewrite_and_rewrap_in_place_can_be_reverted(
     assert b"https://img.example.com/?" in (site.posts / "a.md").read_bytes()
     assert ExitStatus.OK == main(["rewrite", "--revert", *site.opts, str(site.posts)])
     assert original == (site.posts / "a.md").read_bytes()
+
+
+# --- touch only what mirror can prove it wrote ---------------------------------------------------
+
+
+def foreign_object(site: Site, data: bytes = b"someone else's file") -> Path:
+    """A file under objects/ named like an object, whose bytes do not hash to its name."""
+    name = "ab" + "0" * 62
+    path = site.store / "objects" / "ab" / f"{name}.jpg"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    past = time.time() - 7200  # old enough that gc would otherwise collect it
+    os.utime(path, (past, past))
+    return path
+
+
+def test_repair_leaves_a_corrupt_file_no_row_names(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """verify --repair deletes corrupt files a row names, never one nothing proves is mirror's."""
+    site.write("a.md", 1)
+    assert ExitStatus.OK == main(["fetch", *site.opts, str(site.posts)])
+    foreign = foreign_object(site)
+    capsys.readouterr()
+    assert ExitStatus.INCOMPLETE == main(["verify", "--repair", *site.opts])
+    out, _err = out_err(capsys)
+    assert b"someone else's file" == foreign.read_bytes()
+    assert any("left alone" in line and foreign.name in line for line in out.splitlines())
+    assert site.path(1).exists()
+
+
+def test_gc_leaves_a_stray_whose_bytes_do_not_match_its_name(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """gc --apply removes old strays only when their bytes prove mirror wrote them."""
+    site.write("a.md", 1)
+    assert ExitStatus.OK == main(["fetch", *site.opts, str(site.posts)])
+    foreign = foreign_object(site)
+    capsys.readouterr()
+    assert ExitStatus.OK == main(["gc", "--apply", *site.opts, str(site.posts)])
+    _out, err = out_err(capsys)
+    assert b"someone else's file" == foreign.read_bytes()
+    assert "1 files under objects/ were left alone" in err
+
+
+def test_export_never_overwrites_another_file(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A different file where an object would go is left alone and reported; exit 1."""
+    site.write("a.md", 1, 2)
+    assert ExitStatus.OK == main(["fetch", *site.opts, str(site.posts)])
+    dest = site.store.parent / "public"
+    taken = dest / site.path(1).relative_to(site.store)
+    taken.parent.mkdir(parents=True)
+    taken.write_bytes(b"the publisher's own file")
+    capsys.readouterr()
+    assert ExitStatus.INCOMPLETE == main(["export", *site.opts, str(dest)])
+    out, err = out_err(capsys)
+    assert b"the publisher's own file" == taken.read_bytes()
+    assert [f"conflict {site.path(1).relative_to(site.store).as_posix()}"] == [
+        line.split("  ")[0] for line in out.splitlines()
+    ]
+    assert "1 left alone" in err
+    assert image_n(2) == (dest / site.path(2).relative_to(site.store)).read_bytes()
+
+
+def test_a_store_known_by_its_manifest_gets_the_marker_on_its_next_write(site: Site) -> None:
+    """A store from before markers (manifest only) is marked by the next writing command."""
+    site.write("a.md", 1)
+    assert ExitStatus.OK == main(["fetch", *site.opts, str(site.posts)])
+    marker = site.store / ".mirror-store"
+    marker.unlink()
+    assert ExitStatus.OK == main(["gc", *site.opts, str(site.posts)])
+    assert not marker.exists()  # gc without --apply only reads
+    assert ExitStatus.OK == main(["gc", "--apply", *site.opts, str(site.posts)])
+    assert marker.is_file()
+
+
+def test_revert_from_another_working_folder(
+    site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`run site/posts` in one folder, `rewrite --revert ../site/posts` in another: reverted."""
+    original = site.write("a.md", 1)
+    monkeypatch.chdir(tmp_path)
+    assert ExitStatus.OK == main(["run", *site.opts, "site/posts"])
+    assert original != (site.posts / "a.md").read_bytes()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert ExitStatus.OK == main(["rewrite", "--revert", *site.opts, "../site/posts"])
+    assert "reverted 2 references in 1 post" in capsys.readouterr().err
+    assert original == (site.posts / "a.md").read_bytes()
+
+
+def test_revert_finds_an_older_journal_keyed_by_the_path_as_typed(
+    site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A rewrite an older mirror recorded under a relative key is reverted from anywhere; the
+    same relative key recorded for another post elsewhere is left for that post."""
+    from mirror.config import load_config
+    from mirror.extract import Extractor
+    from mirror.models import Post
+    from mirror.rewrite import rewrite
+    from mirror.scan import write_recorded
+
+    original = site.write("a.md", 1)
+    twin = tmp_path / "other" / "site" / "posts" / "a.md"
+    twin.parent.mkdir(parents=True)
+    twin.write_bytes(original.replace(b"'a.md'", b"'twin'"))
+    assert ExitStatus.OK == main(["fetch", *site.opts, str(site.posts), str(twin)])
+    config = load_config(site.config)
+    extractor = Extractor(config.scan)
+    with Manifest(manifest_path(site.store)) as manifest:
+        mapping = manifest.mirrored_mapping(config.rewrite.base_url)
+        # What an older mirror did: the journal keyed by the path as typed in its folder.
+        for folder in (tmp_path, tmp_path / "other"):
+            monkeypatch.chdir(folder)
+            relative = Path("site/posts/a.md")
+            data = relative.read_bytes()
+            result = rewrite(data, mapping, extractor, "a.md")
+            assert write_recorded(Post(relative, "a.md", data), result.data, result.spans, manifest)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert ExitStatus.OK == main(["rewrite", "--revert", *site.opts, "../site/posts"])
+    assert "reverted 2 references in 1 post" in capsys.readouterr().err
+    assert original == (site.posts / "a.md").read_bytes()
+    with Manifest(manifest_path(site.store), readonly=True) as manifest:
+        assert 1 == len(manifest.spans_for("site/posts/a.md"))  # the twin's, kept for it
+    assert ExitStatus.OK == main(["rewrite", "--revert", *site.opts, str(twin)])
+    assert original.replace(b"'a.md'", b"'twin'") == twin.read_bytes()

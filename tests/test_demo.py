@@ -14,10 +14,14 @@ import pytest
 from PIL import Image
 from yarl import URL
 
+from mirror.cli import main
 from mirror.config import parse_connect_to
+from mirror.demo import EXAMPLES as PACKAGED
 from mirror.demo import DemoOrigin, demo_origin
+from mirror.errors import ExitStatus
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "mirror" / "examples"
 ORIGIN = EXAMPLES / "origin"
 PROXY = "cors.zfour.workers.dev"
 QTT = "static.1sapp.example"
@@ -166,7 +170,7 @@ async def test_path_traversal_is_refused(demo: DemoOrigin, host: str, target: st
 
 async def test_connect_to_covers_every_example_host(demo: DemoOrigin) -> None:
     """Every IMAGES.tsv host and the proxy are mapped at :80 and :443 to the two local ports."""
-    with (EXAMPLES / "IMAGES.tsv").open(encoding="utf-8", newline="") as handle:
+    with (REPO / "examples" / "IMAGES.tsv").open(encoding="utf-8", newline="") as handle:
         hosts = {row["host"] for row in csv.DictReader(handle, delimiter="\t")} | {PROXY}
     expected = {(h, 80, demo.http_port) for h in hosts} | {(h, 443, demo.https_port) for h in hosts}
     entries = [parse_connect_to(entry) for entry in demo.connect_to]
@@ -185,3 +189,61 @@ async def test_request_without_host_is_404(demo: DemoOrigin) -> None:
     """An HTTP/1.0 request with no Host header names no example host (and resolves nothing)."""
     status_line = await raw_get(demo, "GET /README.md HTTP/1.0\r\n\r\n")
     assert b"HTTP/1.0 404 Not Found" == status_line
+
+
+# --- the demo command: its folder, and its files as package data -------------------------------
+
+
+def test_demo_refuses_a_folder_it_did_not_make(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`mirror demo --dir X` on a non-empty folder with no demo marker exits 2; X is untouched."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "thesis.md").write_text("years of work", encoding="utf-8")
+    assert ExitStatus.USAGE == main(["demo", "-q", "--dir", str(home)])
+    assert f"--dir {home}: not empty" in capsys.readouterr().err
+    assert ["thesis.md"] == [p.name for p in home.iterdir()]
+
+
+def test_demo_twice_in_one_folder_keeps_other_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second demo in its folder replaces what the first made, and only that."""
+    work = tmp_path / "demo"
+    assert ExitStatus.OK == main(["demo", "-q", "--dir", str(work)])
+    (work / "notes.txt").write_text("mine", encoding="utf-8")
+    (work / "posts" / "extra.md").write_text("dropped: posts/ is the demo's", encoding="utf-8")
+    assert ExitStatus.OK == main(["demo", "-q", "--dir", str(work)])
+    assert "mine" == (work / "notes.txt").read_text(encoding="utf-8")
+    assert not (work / "posts" / "extra.md").exists()
+    assert (work / "cache" / "manifest.sqlite3").is_file()
+
+
+def test_demo_dir_that_is_a_file_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--dir afile exits 2 with a message, no traceback."""
+    afile = tmp_path / "afile"
+    afile.write_text("mine", encoding="utf-8")
+    assert ExitStatus.USAGE == main(["demo", "-q", "--dir", str(afile)])
+    err = capsys.readouterr().err
+    assert (f"--dir {afile}: not a folder" in err, "Traceback" in err) == (True, False)
+    assert "mine" == afile.read_text(encoding="utf-8")
+
+
+def test_examples_are_package_data() -> None:
+    """The demo reads its posts and origin from inside the package, and pyproject ships all."""
+    import tomllib
+
+    package = REPO / "mirror"
+    assert (EXAMPLES, EXAMPLES) == (package / "examples", PACKAGED)
+    patterns = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"][
+        "setuptools"
+    ]["package-data"]["mirror"]
+    files = {p for p in EXAMPLES.rglob("*") if p.is_file()}
+    assert 20 < len(files)
+    # setuptools expands these as recursive globs from the package folder, as pathlib does.
+    shipped = {p for pattern in patterns for p in package.glob(pattern) if p.is_file()}
+    assert set() == files - shipped
+    assert {"posts", "origin"} == {p.name for p in EXAMPLES.iterdir()}

@@ -12,6 +12,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from collections import Counter
@@ -40,8 +41,18 @@ def image(size: tuple[int, int], fmt: str = "JPEG") -> bytes:
 
 @dataclass
 class Origin:
+    """What the origin served; ``/stall/`` waits for ``release``, ``/slow/`` past ``SLOW_FREE``
+    requests for ``gate``: events, not sleeps, so no test waits on the wall clock."""
+
     port: int = 0
     hits: Counter[str] = field(default_factory=Counter)
+    release: threading.Event = field(default_factory=threading.Event)
+    gate: threading.Event = field(default_factory=threading.Event)
+    slow: int = 0
+
+
+# /slow/ answers this many requests at once, then holds the rest until the gate opens.
+SLOW_FREE = 20
 
 
 GOOD = image((60, 40))
@@ -87,7 +98,9 @@ def origin() -> Iterator[Origin]:
                 return web.Response(status=404)
             return web.Response(body=GOOD, content_type="image/jpeg")
         if request.path.startswith("/slow/"):
-            await asyncio.sleep(0.05)
+            state.slow += 1
+            if state.slow > SLOW_FREE:
+                await asyncio.to_thread(state.gate.wait, 60)
             n = int(request.path.rsplit("/", 1)[-1].split(".")[0])
             return web.Response(body=image_n(n), content_type="image/jpeg")
         if request.path.startswith("/flaky/"):
@@ -95,7 +108,8 @@ def origin() -> Iterator[Origin]:
                 return web.Response(status=500)
             return web.Response(body=GOOD, content_type="image/jpeg")
         if request.path.startswith("/stall/"):
-            await asyncio.sleep(2)
+            # Past any read_timeout of the tests; released at teardown so the server closes.
+            await asyncio.to_thread(state.release.wait, 60)
             return web.Response(body=GOOD, content_type="image/jpeg")
         if request.path.startswith("/big/"):
             return web.Response(body=b"\xff\xd8" + bytes(2_000_000), content_type="image/jpeg")
@@ -117,7 +131,11 @@ def origin() -> Iterator[Origin]:
     app.router.add_route("GET", "/{tail:.*}", handle)
     with threaded_server(app) as port:
         state.port = port
-        yield state
+        try:
+            yield state
+        finally:
+            state.release.set()
+            state.gate.set()
 
 
 def post_text(*paths: str) -> str:
@@ -313,7 +331,7 @@ def test_full_disk_stops_the_run_cleanly(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(store_module, "write_all", full)
-    assert ExitStatus.OK != main(["run", *opts, str(posts)])
+    assert ExitStatus.FAILED == main(["run", *opts, str(posts)])
     assert "disk is full" in capsys.readouterr().err
     assert text == (posts / "full.md").read_text(encoding="utf-8")
     assert [] == [p for p in (tmp_path / "cache").rglob("*") if p.suffix in (".jpg", ".tmp")]
@@ -372,10 +390,14 @@ def _state(posts: Path, store: Path) -> tuple[dict[str, bytes], set[str], dict[s
 
 
 def test_sigkill_mid_run_then_rerun_matches_uninterrupted(
-    setup: tuple[Path, Path, list[str]], tmp_path: Path
+    setup: tuple[Path, Path, list[str]], origin: Origin, tmp_path: Path
 ) -> None:
     """A run killed with SIGKILL mid-way, then rerun, ends where an uninterrupted run ends."""
     _posts, config, _opts = setup
+    # The held requests must not time out into the proxy: the killed run stays mid-way until
+    # killed, however loaded the machine, and the gate opens only for the reruns.
+    text = config.read_text(encoding="utf-8").replace("read_timeout = 0.3", "read_timeout = 60.0")
+    config.write_text(text, encoding="utf-8")
     trees = {}
     for name in ("killed", "clean"):
         posts = tmp_path / name / "posts"
@@ -388,13 +410,15 @@ def test_sigkill_mid_run_then_rerun_matches_uninterrupted(
     posts, store = trees["killed"]
     proc = subprocess.Popen([*command, "--store", str(store), str(posts)])
     deadline = time.monotonic() + 30
+    # Polling a subprocess for an event, bounded: SLOW_FREE objects stored, the rest held.
     while time.monotonic() < deadline and proc.poll() is None:
-        if len(list((store / "objects").rglob("*.jpg"))) >= 20:
+        if len(list((store / "objects").rglob("*.jpg"))) >= SLOW_FREE:
             break
         time.sleep(0.02)
     assert proc.poll() is None, "the run ended before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
+    origin.gate.set()
     # A write cut short stays a hidden temp file; every visible object is whole.
     for obj in (store / "objects").rglob("*.jpg"):
         if not obj.name.startswith("."):

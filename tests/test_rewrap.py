@@ -195,7 +195,9 @@ def test_public_wrapper_bad_public_url() -> None:
 
 
 @pytest.fixture
-def posts(tmp_path: Path) -> Path:
+def posts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    # ./cache (the default store) and ./config.toml are the working folder's: never the checkout's.
+    monkeypatch.chdir(tmp_path)
     root = tmp_path / "posts"
     (root / "sub").mkdir(parents=True)
     (root / "sub" / "a.md").write_bytes(POST.encode())
@@ -217,7 +219,7 @@ def test_cli_rewrap_in_place(posts: Path, capsys: pytest.CaptureFixture[str]) ->
     assert REWRAPPED.encode() == (posts / "sub" / "a.md").read_bytes()
     assert control_bytes == control.read_bytes()
     assert control_mtime == control.stat().st_mtime_ns
-    assert "mirror: 2 posts, rewrapped 4 references in 1 posts" in capsys.readouterr().err
+    assert "mirror: 2 posts, rewrapped 4 references in 1 post" in capsys.readouterr().err
 
 
 def test_cli_rewrap_twice_changes_nothing(posts: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -239,7 +241,7 @@ def test_cli_rewrap_dry_run(posts: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert f"+headimg: '{NEW}{SRC}'\r\n" in captured.out
     assert f"-headimg: '{W}{SRC}'\r\n" in captured.out
     assert "control.md" not in captured.out
-    assert "would rewrap 4 references in 1 posts" in captured.err
+    assert "would rewrap 4 references in 1 post" in captured.err
     assert before == snapshot(posts)
 
 
