@@ -32,6 +32,7 @@ from mirror.cli import main
 from mirror.config import ScanConfig
 from mirror.errors import ExitStatus, StoreError
 from mirror.manifest import Manifest, SourceResult, manifest_path
+from mirror.marker import mark_out
 from mirror.models import Post
 from mirror.scan import find_posts, iter_posts, write_post
 from mirror.store import LocalStore
@@ -413,6 +414,7 @@ def test_out_refuses_a_symlink_planted_at_the_target(
     posts, out = tmp_path / "p", tmp_path / "out"
     posts.mkdir()
     out.mkdir()
+    mark_out(out)  # an earlier --out, so the symlink is what stops the write
     (posts / "a.md").write_text(REF, encoding="utf-8")
     (out / "a.md").symlink_to(outside / "victim.txt")
     assert ExitStatus.OK != _rewrite_out(tmp_path, posts, out)
@@ -430,6 +432,7 @@ def test_out_refuses_a_symlinked_folder_on_the_way(
     posts, out = tmp_path / "p", tmp_path / "out"
     (posts / "sub").mkdir(parents=True)
     out.mkdir()
+    mark_out(out)  # an earlier --out, so the symlink is what stops the write
     (posts / "sub" / "victim.txt.md").write_text(REF, encoding="utf-8")
     (out / "sub").symlink_to(outside)
     assert ExitStatus.OK != _rewrite_out(tmp_path, posts, out)
@@ -564,7 +567,10 @@ def test_run_on_a_really_full_disk_leaves_no_half_made_manifest(
     )
     assert 0 == done.returncode, done.stderr
     # verify exits 2 after the failure: no manifest at all, rather than one "needing an upgrade".
-    expected = "first run: 1\nmirror.lock\nlisted\nverify: 2\nsecond run: 0\nverify: 0\n"
+    # Exit 3: the run itself failed; the store's marker and lock are all that stand.
+    expected = (
+        "first run: 3\n.mirror-store\nmirror.lock\nlisted\nverify: 2\nsecond run: 0\nverify: 0\n"
+    )
     assert expected == done.stdout
     assert "the disk is full while creating it" in done.stderr
     assert "cannot rollback" not in done.stderr
