@@ -247,7 +247,9 @@ def cmd_rewrite(args: argparse.Namespace, config: Config) -> ExitStatus:
             if base is not None:
                 result = rewrap(post.data, base, extractor, post.rel)
             else:
-                result = rewrite(post.data, mapping, extractor, post.rel)
+                result = rewrite(
+                    post.data, mapping, extractor, post.rel, site_url=config.rewrite.site_url
+                )
             if args.dry_run:
                 _print_diff(post, result.data)
             elif (result.spans or args.out is not None) and not write_recorded(

@@ -28,7 +28,7 @@ DEFAULT_WRAPPERS: tuple[str, ...] = (
     r"^(?:https?:)?//[^/?#]*cors-anywhere[^/?#]*/(?P<url>(?:https?:)?//.+)$",
 )
 
-DEFAULT_FRONT_MATTER_KEYS = ("headimg", "thumbnail", "cover", "top_img", "banner")
+DEFAULT_FRONT_MATTER_KEYS = ("headimg", "thumbnail", "cover", "top_img", "banner", "photos")
 DEFAULT_INCLUDE = ("*.md", "*.markdown", "*.html", "*.htm")
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -332,10 +332,14 @@ class RewriteConfig:
 
     base_url: str = "/mirror/"
     on_failure: str = "keep"
+    # For references in Markdown text, which must be absolute: the site a relative base_url is on.
+    site_url: str = ""
 
     def __post_init__(self) -> None:
         _need("rewrite.base_url", self.base_url.endswith("/"), "must end with '/'")
         _one_of("rewrite.on_failure", self.on_failure, ("keep", "unwrap"))
+        ok = not self.site_url or re.fullmatch(r"https?://[^/?#\s]+(?:/[^?#\s]*)?", self.site_url)
+        _need("rewrite.site_url", bool(ok), 'must be "" or an absolute http(s) URL')
 
 
 @dataclass(frozen=True, slots=True)

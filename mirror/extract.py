@@ -3,7 +3,10 @@ Pure: a post's text → every image reference in it (:class:`~mirror.models.Imag
 
 What counts, and the ``where`` vocabulary the reports use:
 
-- front matter keys from ``[scan] front_matter_keys``: ``front-matter:<key>``;
+- front matter keys from ``[scan] front_matter_keys`` (front matter with or without its opening
+  ``---``, or JSON between ``;;;`` lines; see :mod:`mirror.frontmatter`), as a scalar or as each
+  scalar item of a block (``- url``) or flow (``[a, b]``) list, e.g. Hexo's ``photos``:
+  ``front-matter:<key>``;
 - ``<img>`` ``src``, ``data-src``, ``data-original``, ``data-original-src``, ``data-lazy-src``,
   ``data-gif-url``, ``srcset``/``data-srcset`` (each candidate); ``<source srcset>``;
   ``<video poster>``; ``data-avatar`` on any tag: ``<tag>@<attribute>``;
@@ -12,7 +15,12 @@ What counts, and the ``where`` vocabulary the reports use:
   ``a@href``;
 - any other attribute whose whole value is a proxy wrapper: ``<tag>@<attribute>``;
 - Markdown ``![alt](url)``: ``markdown``; reference definitions that are wrapped, name an image
-  file or are used by an image: ``markdown-ref``.
+  file or are used by an image: ``markdown-ref``;
+- a Markdown link's destination, ``[text](url)`` (``[![alt](thumb)](full)`` above all), by the
+  rule ``a@href`` follows: ``markdown-link``;
+- a proxy wrapper URL in Markdown text, which GFM turns into a link (bare, or ``<url>``), never in
+  code, HTML blocks or .html posts: ``text``. A relative URL in prose is no longer a link, so these
+  are rewritten only to absolute URLs (see :func:`mirror.rewrite.text_url`).
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 from mirror.config import ScanConfig
+from mirror.frontmatter import front_matter_span
+from mirror.frontmatter import values as front_matter_values
 from mirror.markup import Attr, Lexer, MdLink, Tag
 from mirror.models import ImageRef
 from mirror.source import Classifier, looks_like_image
@@ -35,16 +45,13 @@ _SIZED_ATTRS = frozenset({"src", "data-src", "data-original", "data-original-src
 # Hexo renders these through Markdown; .html and anything else is taken as plain HTML.
 _MARKDOWN_SUFFIXES = (".md", ".markdown", ".mdown", ".mkd")
 _SRCSET_ATTRS = frozenset({"srcset", "data-srcset"})
-_FRONT_MATTER_OPEN = re.compile(r"\ufeff?(?:[ \t]*\r?\n)*---[ \t]*\r?\n")
-_FRONT_MATTER_CLOSE = re.compile(r"^(?:---|\.\.\.)[ \t]*\r?$", re.MULTILINE)
-_FRONT_MATTER_KEY = re.compile(r"^([A-Za-z_][\w.-]*)[ \t]*:[ \t]*", re.MULTILINE)
+# Links: kept when they name an image file or the same source as an image in the post.
+_LINKS = frozenset({"a@href", "markdown-link"})
 _CSS_URL = re.compile(
     r"url\(\s*(?:\"(?P<dq>[^\"]*)\"|'(?P<sq>[^']*)'|&quot;(?P<eq>.*?)&quot;|(?P<bare>[^)\s'\"]*))\s*\)",
     re.IGNORECASE,
 )
 _BACKSLASH_ESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")
-_YAML_ESCAPE = re.compile(r"\\(x[0-9A-Fa-f]{2}|u[0-9A-Fa-f]{4}|U[0-9A-Fa-f]{8}|.)")
-_YAML_SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", " ": " ", "/": "/"}
 
 
 # A NamedTuple, not a frozen dataclass: built once per URL span, its C-level constructor counts.
@@ -63,23 +70,6 @@ class _Found(NamedTuple):
     wrapped_only: bool = False
 
 
-def front_matter_span(text: str) -> tuple[int, int, int] | None:
-    """
-    Locate the YAML front matter, which may follow a BOM and blank lines.
-
-    Returns:
-        (start of its first key line, end of its last line, start of the body), or None.
-    """
-    opened = _FRONT_MATTER_OPEN.match(text)
-    if opened is None:
-        return None
-    closed = _FRONT_MATTER_CLOSE.search(text, opened.end())
-    if closed is None:
-        return None
-    body = closed.end() + (1 if text.startswith("\n", closed.end()) else 0)
-    return opened.end(), closed.start(), body
-
-
 _DATE = re.compile(
     r"^date:[ \t]*['\"]?(\d{4})-(\d{1,2})-(\d{1,2})(?:[ T](\d{1,2}):(\d{2})(?::(\d{2}))?)?",
     re.MULTILINE,
@@ -96,49 +86,6 @@ def post_date(text: str) -> str | None:
         return None
     year, month, day, hour, minute, second = (int(g) if g else 0 for g in found.groups())
     return f"{year:04d}{month:02d}{day:02d}{hour:02d}{minute:02d}{second:02d}"
-
-
-def _yaml_unescape(value: str) -> str:
-    def one(match: re.Match[str]) -> str:
-        code = match.group(1)
-        if code[0] in "xuU" and len(code) > 1:
-            return chr(int(code[1:], 16))
-        return _YAML_SIMPLE_ESCAPES.get(code, code)
-
-    return _YAML_ESCAPE.sub(one, value)
-
-
-def _scalar(text: str, start: int, end: int) -> tuple[int, int, str, str] | None:
-    """Parse the YAML scalar in ``text[start:end]`` (one line): (start, end, decoded, quote)."""
-    if start >= end:
-        return None
-    first = text[start]
-    if first == "'":
-        i = start + 1
-        while True:
-            i = text.find("'", i, end)
-            if i < 0:
-                return None
-            if text.startswith("''", i):
-                i += 2
-                continue
-            return start + 1, i, text[start + 1 : i].replace("''", "'"), "'"
-    if first == '"':
-        i = start + 1
-        while True:
-            i = text.find('"', i, end)
-            if i < 0:
-                return None
-            if text[i - 1] == "\\" and not text[start + 1 : i].endswith("\\\\"):
-                i += 1
-                continue
-            return start + 1, i, _yaml_unescape(text[start + 1 : i]), '"'
-    if first in "[{|>&*!%@`#":
-        return None
-    comment = text.find(" #", start, end)
-    stop = end if comment < 0 else comment
-    raw = text[start:stop].rstrip(" \t\r")
-    return (start, start + len(raw), raw, "") if raw else None
 
 
 def _int(value: str | None) -> int | None:
@@ -168,8 +115,8 @@ class Extractor:
             text: the post decoded as by :func:`mirror.scan.decode_post`.
             post: the name reports use for it; its suffix says whether Markdown rules apply.
         """
-        found = list(self._front_matter(text))
         span = front_matter_span(text)
+        found = [] if span is None else list(self._front_matter(text, span))
         lexer = Lexer(text)
         element = len(found)
         markdown = post.lower().endswith(_MARKDOWN_SUFFIXES)
@@ -181,21 +128,12 @@ class Extractor:
                 found.append(self._md(text, event, element, lexer.image_labels))
         return self._classify(text, post, found)
 
-    def _front_matter(self, text: str) -> Iterator[_Found]:
-        span = front_matter_span(text)
-        if span is None:
-            return
-        start, end, _body = span
-        element = 0
-        for key in _FRONT_MATTER_KEY.finditer(text, start, end):
-            if key.group(1) not in self._keys:
-                continue
-            line_end = text.find("\n", key.end(), end)
-            scalar = _scalar(text, key.end(), end if line_end < 0 else line_end)
-            if scalar is not None:
-                s, e, decoded, quote = scalar
-                yield _Found(s, e, decoded, f"front-matter:{key.group(1)}", "yaml", quote, element)
-                element += 1
+    def _front_matter(self, text: str, span: tuple[int, int, int]) -> Iterator[_Found]:
+        for element, value in enumerate(front_matter_values(text, span, self._keys)):
+            where = f"front-matter:{value.key}"
+            yield _Found(
+                value.start, value.end, value.decoded, where, value.syntax, value.quote, element
+            )
 
     def _tag(self, text: str, tag: Tag, element: int) -> Iterator[_Found]:
         values = {a.name: a for a in tag.attrs}
@@ -296,8 +234,15 @@ class Extractor:
     @staticmethod
     def _md(text: str, link: MdLink, element: int, labels: set[str]) -> _Found:
         raw = text[link.start : link.end]
+        if link.kind == "text":
+            # marked takes an autolinked URL as written: backslashes are not escapes there.
+            syntax = "text-angle" if link.angle else "text"
+            return _Found(
+                link.start, link.end, html.unescape(raw), "text", syntax, "", element,
+                wrapped_only=True,
+            )  # fmt: skip
         decoded = html.unescape(_BACKSLASH_ESCAPE.sub(r"\1", raw))
-        used = link.kind == "markdown" or link.label in labels
+        used = link.kind != "markdown-ref" or link.label in labels
         return _Found(
             link.start,
             link.end,
@@ -317,22 +262,29 @@ class Extractor:
             if result is None:
                 continue
             classified.append((item, result.source, result.proxied))
-            if item.where != "a@href" and not item.wrapped_only:
+            if item.where not in _LINKS and not item.wrapped_only:
                 image_sources.add(result.source)
-        refs = []
+        kept = []
         for item, source, proxied in classified:
-            if item.where == "a@href":
+            if item.where in _LINKS:
                 keep = looks_like_image(source) or source in image_sources
             elif item.where == "markdown-ref":
                 keep = proxied or not item.wrapped_only or looks_like_image(source)
             else:
                 keep = proxied or not item.wrapped_only
-            if not keep:
-                continue
+            if keep:
+                kept.append((item, source, proxied))
+        # In document order, so line numbers are counted in one pass over the text.
+        kept.sort(key=lambda found: found[0].start)
+        refs = []
+        line, counted = 1, 0
+        for item, source, proxied in kept:
+            line += text.count("\n", counted, item.start)
+            counted = item.start
             refs.append(
                 ImageRef(
                     post=post,
-                    line=text.count("\n", 0, item.start) + 1,
+                    line=line,
                     start=item.start,
                     end=item.end,
                     url=text[item.start : item.end],
@@ -347,5 +299,4 @@ class Extractor:
                     element=item.element,
                 )
             )
-        refs.sort(key=lambda r: r.start)
         return refs

@@ -34,7 +34,7 @@ from mirror.extract import Extractor, post_date
 from mirror.fetch import Fetcher
 from mirror.manifest import Manifest, PostState, SourceResult, SourceRow, manifest_path
 from mirror.models import ImageRef, Post, StoredObject
-from mirror.rewrite import decode, encode, post_diff, replace
+from mirror.rewrite import decode, encode, post_diff, replace, text_url
 from mirror.scan import find_posts, read_post, write_recorded
 from mirror.source import origin_host
 from mirror.store import LocalStore, local_url
@@ -49,6 +49,8 @@ MAX_BACKOFF = 7 * 24 * 3600.0
 RECENT = 4096
 # A dry run lists this many of the URLs a real run would fetch.
 PLAN_URLS = 10
+# The report's reason for a mirrored reference in Markdown text left as written (no absolute URL).
+TEXT_NEEDS_ABSOLUTE_URL = "text-needs-absolute-url"
 
 
 @dataclass
@@ -401,7 +403,7 @@ class Job:
         self, post: Post, text: str, refs: list[ImageRef], mapping: dict[str, str]
     ) -> bytes | None:
         """Rewrite the post; return its bytes now (``post.data`` when unchanged), None if left."""
-        new_text, spans = replace(text, refs, mapping)
+        new_text, spans = replace(text, refs, mapping, site_url=self.config.rewrite.site_url)
         new_data = encode(new_text) if spans else post.data
         if self.dry_run:
             if spans:
@@ -548,6 +550,11 @@ class Job:
             self.summary.failed_hosts[origin_host(ref.source)] += 1
         if self.report is None:
             return
+        reason = outcome.reason
+        if url is not None and ref.where == "text":
+            # A relative URL in prose is no longer a link: such a reference stays as written.
+            url = text_url(url, self.config.rewrite.site_url)
+            reason = reason if url is not None else TEXT_NEEDS_ABSOLUTE_URL
         obj = outcome.obj
         row = {
             "post": ref.post,
@@ -557,7 +564,7 @@ class Job:
             "where": ref.where,
             "declared": list(ref.declared) if ref.declared else None,
             "status": outcome.status,
-            "reason": outcome.reason,
+            "reason": reason,
             "sha256": obj.sha256 if obj else None,
             "bytes": obj.size if obj else None,
             "format": outcome.format,

@@ -14,13 +14,26 @@ import difflib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from urllib.parse import urljoin
 
 from mirror.extract import Extractor
+from mirror.markup import JS_SPACE, TRAILING
 from mirror.models import ImageRef, Span
 from mirror.source import wrapper_base
 
-_YAML_PLAIN_SAFE = re.compile(r"[^\s\-?:,\[\]{}#&*!|>'\"%@`](?:[^\s#:]|:(?!\s)|#(?<!\s#))*")
+# A plain YAML scalar that reads back as itself: no indicator first, no " #", no ": ", and no
+# ":" last. In a flow list ([a, b]) the flow indicators ,[]{} end a plain scalar as well.
+_YAML_PLAIN_SAFE = re.compile(r"[^\s\-?:,\[\]{}#&*!|>'\"%@`](?:[^\s#:]|:(?=\S)|#(?<!\s#))*")
+_YAML_FLOW_PLAIN_SAFE = re.compile(
+    r"[^\s\-?:,\[\]{}#&*!|>'\"%@`](?:[^\s#:,\[\]{}]|:(?=[^\s,\[\]{}])|#(?<!\s#))*"
+)
 _HTML_UNQUOTED_UNSAFE = re.compile(r"[\s\"'=<>`]")
+# In Markdown text: what ends or breaks a GFM autolink (white space, "<", parentheses, quotes),
+# and what Markdown would read as syntax around it (emphasis, code, brackets, table cells).
+_TEXT_UNSAFE = re.compile(rf"[{JS_SPACE}\x00-\x1f\x7f<>()\"'`\[\]\\*_~|]")
+_ANGLE_UNSAFE = re.compile(rf"[{JS_SPACE}\x00-\x1f\x7f<>]")
+_TEXT_SYNTAXES = frozenset({"text", "text-angle"})
+_ABSOLUTE = re.compile(r"https?://", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,20 +59,55 @@ def _percent(url: str, unsafe: str) -> str:
     return "".join(f"%{ord(c):02X}" if c in unsafe else c for c in url)
 
 
+def _utf8_percent(match: re.Match[str]) -> str:
+    # Every byte, "_", "~" and "." included: urllib's quote keeps those as they are.
+    return "".join(f"%{byte:02X}" for byte in match.group().encode())
+
+
+def _text(url: str) -> str:
+    """Encode ``url`` to stand in Markdown text and be autolinked exactly as it is."""
+    encoded = _TEXT_UNSAFE.sub(_utf8_percent, url)
+    tail = ""
+    # marked drops a trailing "&name;" and trailing punctuation from an autolink.
+    if encoded and (encoded[-1] in TRAILING or encoded[-1] == "&"):
+        encoded, tail = encoded[:-1], f"%{ord(encoded[-1]):02X}"
+    return encoded.replace("&", "&amp;") + tail
+
+
+def text_url(url: str, site_url: str) -> str | None:
+    """
+    Return what a reference in Markdown text can be rewritten to, or None.
+
+    Text is autolinked only when it is an absolute URL, so ``url`` must be one, or be made one
+    from ``site_url`` the way a browser resolves it on a page of that site.
+    """
+    if _ABSOLUTE.match(url):
+        return url
+    if site_url:
+        return urljoin(site_url, url)
+    return None
+
+
 def encode_url(url: str, syntax: str, quote: str) -> str:
     """Encode ``url`` for a span of the given syntax and quoting (see :class:`ImageRef`)."""
-    if syntax == "yaml":
+    if syntax in ("yaml", "yaml-flow"):
         if quote == "'":
             return url.replace("'", "''")
         if quote == '"':
             return url.replace("\\", "\\\\").replace('"', '\\"')
-        if _YAML_PLAIN_SAFE.fullmatch(url):
+        plain = _YAML_PLAIN_SAFE if syntax == "yaml" else _YAML_FLOW_PLAIN_SAFE
+        if plain.fullmatch(url):
             return url
         return "'" + url.replace("'", "''") + "'"
+    if syntax == "text":
+        return _text(url)
+    if syntax == "text-angle":
+        return _ANGLE_UNSAFE.sub(_utf8_percent, url).replace("&", "&amp;")
+    # Markdown reads backslash escapes and entities in a destination, so neither may be left.
     if syntax == "md":
-        return _percent(url, " \t\n()<>")
+        return _percent(url, " \t\n()<>\\").replace("&", "&amp;")
     if syntax == "md-angle":
-        return _percent(url, "\n<>")
+        return _percent(url, "\n<>\\").replace("&", "&amp;")
     if syntax == "srcset":
         url = _percent(url, " \t\n\r\f")
         if url.endswith(","):
@@ -84,11 +132,14 @@ def replace(
     mapping: Mapping[str, str],
     *,
     proxied_only: bool = False,
+    site_url: str = "",
 ) -> tuple[str, tuple[Span, ...]]:
     """
     Replace the spans of ``refs`` whose source is in ``mapping``.
 
     With ``proxied_only``, raw references keep their URL even when their source is mapped.
+    References in Markdown text take only an absolute URL (see :func:`text_url`); they keep
+    theirs when the new one is relative and there is no ``site_url`` to resolve it against.
 
     Returns:
         The new text and the spans, with byte offsets into the original's UTF-8 encoding.
@@ -101,6 +152,10 @@ def replace(
         target = mapping.get(ref.source)
         if target is None or (proxied_only and not ref.proxied):
             continue
+        if ref.syntax in _TEXT_SYNTAXES:
+            target = text_url(target, site_url)
+            if target is None:
+                continue
         new = encode_url(target, ref.syntax, ref.quote)
         old = text[ref.start : ref.end]
         if new == old:
@@ -124,8 +179,9 @@ def _rewritten(
     refs: Sequence[ImageRef],
     mapping: Mapping[str, str],
     proxied_only: bool,
+    site_url: str = "",
 ) -> Rewritten:
-    new_text, spans = replace(text, refs, mapping, proxied_only=proxied_only)
+    new_text, spans = replace(text, refs, mapping, proxied_only=proxied_only, site_url=site_url)
     return Rewritten(data if not spans else encode(new_text), spans, tuple(refs))
 
 
@@ -136,6 +192,7 @@ def rewrite(
     post: str,
     *,
     proxied_only: bool = False,
+    site_url: str = "",
 ) -> Rewritten:
     """
     Rewrite one post's bytes.
@@ -146,9 +203,11 @@ def rewrite(
         extractor: finds the references.
         post: the post's name, for the references returned.
         proxied_only: leave raw references alone even when their source is mapped.
+        site_url: resolves a relative new URL for references in Markdown text
+            (``rewrite.site_url``).
     """
     text = decode(data)
-    return _rewritten(data, text, extractor(text, post), mapping, proxied_only)
+    return _rewritten(data, text, extractor(text, post), mapping, proxied_only, site_url)
 
 
 def rewrap(data: bytes, base: str, extractor: Extractor, post: str) -> Rewritten:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mirror.config import ScanConfig
-from mirror.extract import Extractor
+from mirror.extract import Extractor, post_date
 from mirror.models import ImageRef
 
 W = "https://cors.zfour.workers.dev/?"
@@ -246,7 +246,7 @@ def test_pre_block_spans_blank_lines_and_indentation() -> None:
 
 
 def test_markdown_images_and_code() -> None:
-    """Markdown images count; fenced, tilde, indented and inline code do not."""
+    """Markdown images count; code does not; an escaped "!" leaves a link to the image file."""
     text = (
         "\n---\ntitle: t\n---\n\n"
         f'![alt]({W}http://m.example/a.jpg "title")\n\n'
@@ -260,6 +260,7 @@ def test_markdown_images_and_code() -> None:
     assert [
         ("markdown", "http://m.example/a.jpg", True),
         ("markdown", "http://m.example/b c.jpg", True),
+        ("markdown-link", "http://m.example/escaped.jpg", True),
     ] == summary(text)
 
 
@@ -348,9 +349,9 @@ def test_lines_and_offsets_point_at_the_url() -> None:
 
 
 def test_tag_name_requires_a_delimiter() -> None:
-    """An autolink <http://...> is not a tag."""
+    """An autolink <http://...> is not a tag: it is a link in the text."""
     text = f"\n---\ntitle: t\n---\n\nsee <{W}http://x.example/a.jpg> ok\n"
-    assert [] == refs(text)
+    assert [("text", "http://x.example/a.jpg", True)] == summary(text)
 
 
 def test_non_utf8_and_nbsp_survive() -> None:
@@ -368,3 +369,243 @@ def test_hexo_codeblock_tag_is_code() -> None:
         f'<img src="{W}http://x.example/code.jpg">\n{{% endcodeblock %}}\n'
     )
     assert [] == refs(text)
+
+
+# --- Front matter: lists, no opening line, JSON -------------------------------------------------
+
+
+def test_front_matter_block_list_in_every_quoting() -> None:
+    """Hexo's photos as a block list: '-, "- and un-quoted items, comments and blanks between."""
+    text = (
+        "\n---\ntitle: t\nphotos: # the gallery\n"
+        f"  - '{W}http://p.example/1.jpg'\n\n"
+        f'  - "{W}http://p.example/2.jpg"  \n'
+        "  # a comment\n"
+        f"  - {W}http://p.example/3.jpg # the third\n"
+        f"headimg: {W}http://p.example/h.jpg\n---\n\nbody\n"
+    )
+    found = refs(text)
+    assert [
+        ("front-matter:photos", "http://p.example/1.jpg", "yaml", "'", 5),
+        ("front-matter:photos", "http://p.example/2.jpg", "yaml", '"', 7),
+        ("front-matter:photos", "http://p.example/3.jpg", "yaml", "", 9),
+        ("front-matter:headimg", "http://p.example/h.jpg", "yaml", "", 10),
+    ] == [(r.where, r.source, r.syntax, r.quote, r.line) for r in found]
+    assert [f"{W}http://p.example/{n}.jpg" for n in ("1", "2", "3", "h")] == [r.url for r in found]
+
+
+def test_front_matter_block_list_at_the_keys_column_ends_at_the_next_key() -> None:
+    """Items may stand at column 0; the list ends at the next key, and only scalars count."""
+    text = (
+        f"\n---\nphotos:\n- {W}http://p.example/1.jpg\n- src: {W}http://p.example/map.jpg\n"
+        f"- - {W}http://p.example/nested.jpg\n- [{W}http://p.example/flow.jpg]\n"
+        f"tags:\n- {W}http://p.example/tag.jpg\n---\n"
+    )
+    assert [("front-matter:photos", "http://p.example/1.jpg", True)] == summary(text)
+
+
+def test_front_matter_flow_lists_on_one_line_and_several() -> None:
+    """Flow lists [a, 'b', "c"] of any configured key, over several lines too."""
+    text = (
+        f"\n---\nbanner: [{W}http://f.example/1.jpg, '{W}http://f.example/2.jpg',"
+        f' "{W}http://f.example/3.jpg"]\n'
+        f"photos: [\n  {W}http://f.example/4.jpg,  # four\n  '{W}http://f.example/5.jpg'\n]\n"
+        "cover: []\n---\n"
+    )
+    found = refs(text)
+    assert [
+        ("front-matter:banner", "http://f.example/1.jpg", "", 3),
+        ("front-matter:banner", "http://f.example/2.jpg", "'", 3),
+        ("front-matter:banner", "http://f.example/3.jpg", '"', 3),
+        ("front-matter:photos", "http://f.example/4.jpg", "", 5),
+        ("front-matter:photos", "http://f.example/5.jpg", "'", 6),
+    ] == [(r.where, r.source, r.quote, r.line) for r in found]
+    assert {"yaml-flow"} == {r.syntax for r in found}
+
+
+def test_front_matter_lists_of_a_configured_key() -> None:
+    """A key the config lists as an image key takes lists too; other keys do not count."""
+    text = (
+        f"\n---\ngallery: [{W}http://g.example/1.jpg]\nphotos: [{W}http://g.example/2.jpg]\n---\n"
+    )
+    custom = Extractor(ScanConfig(front_matter_keys=("gallery",)))
+    assert ["http://g.example/1.jpg"] == [r.source for r in custom(text, "p.md")]
+
+
+def test_front_matter_without_its_opening_line() -> None:
+    """Hexo reads "key: value" lines up to the first --- line as front matter; so does mirror."""
+    text = (
+        f"title: t\r\nheadimg: '{W}http://n.example/h.jpg'\r\nphotos:\r\n"
+        f"  - {W}http://n.example/p.jpg\r\n---\r\n\r\nheadimg: {W}http://n.example/body.jpg\r\n"
+    )
+    assert [
+        ("front-matter:headimg", "http://n.example/h.jpg", 2),
+        ("front-matter:photos", "http://n.example/p.jpg", 4),
+        ("text", "http://n.example/body.jpg", 7),
+    ] == [(r.where, r.source, r.line) for r in refs(text)]
+    assert "20210702080800" == post_date("date: 2021-07-02 08:08:00\ntitle: x\n---\nbody\n")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"Some text.\nheadimg: {W}{ORIGIN}\n---\n",
+        f"  indented: x\nheadimg: {W}{ORIGIN}\n---\n",
+        f"- item\nheadimg: {W}{ORIGIN}\n---\n",
+        f"headimg: {W}{ORIGIN}\nno front matter ends here\n",
+        f"headimg: {W}{ORIGIN}\n",
+    ],
+)
+def test_text_before_a_rule_is_not_front_matter_unless_it_is_a_mapping(text: str) -> None:
+    """Prose, a list or a mapping never closed by --- is the body, not front matter."""
+    assert [] == [r for r in refs(text) if r.where.startswith("front-matter:")]
+
+
+def test_json_front_matter_between_semicolon_lines() -> None:
+    """Hexo's ;;; JSON front matter: quoted keys, "-strings and arrays, opened or not."""
+    for opening in (";;;\n", ""):
+        text = (
+            f'{opening}"title": "t",\n"cover": "{W}http://j.example/c.jpg",\n'
+            f'"photos": [\n  "{W}http://j.example/1.jpg",\n  "{W}http:\\/\\/j.example\\/2.jpg"\n]\n'
+            ";;;\nbody\n"
+        )
+        assert [
+            ("front-matter:cover", "http://j.example/c.jpg", '"'),
+            ("front-matter:photos", "http://j.example/1.jpg", '"'),
+            ("front-matter:photos", "http://j.example/2.jpg", '"'),
+        ] == [(r.where, r.source, r.quote) for r in refs(text)]
+
+
+# --- Markdown links ------------------------------------------------------------------------------
+
+
+def test_image_wrapped_in_a_link() -> None:
+    """[![alt](thumb)](full): the thumbnail is an image, the full-size target a link to one."""
+    text = (
+        "\n---\ntitle: t\n---\n\n"
+        f'[![a]({W}http://l.example/thumb.jpg)]({W}http://l.example/full.jpg "big")\n\n'
+        f"[![b]({W}http://l.example/t2.jpg)](<{W}http://l.example/full 2.png>)\n"
+    )
+    found = refs(text)
+    assert [
+        ("markdown", "http://l.example/thumb.jpg", "md", 6),
+        ("markdown-link", "http://l.example/full.jpg", "md", 6),
+        ("markdown", "http://l.example/t2.jpg", "md", 8),
+        ("markdown-link", "http://l.example/full 2.png", "md-angle", 8),
+    ] == [(r.where, r.source, r.syntax, r.line) for r in found]
+    assert f"{W}http://l.example/full.jpg" == found[1].url
+
+
+def test_markdown_links_follow_the_a_href_rule() -> None:
+    """A link counts when it names an image file or the same source as an image in the post."""
+    text = (
+        "\n---\ntitle: t\n---\n\n"
+        f"![p]({W}http://img.pmcaff.example/abc-picture)\n\n"
+        "[lightbox](http://img.pmcaff.example/abc-picture) [raw file](http://r.example/a.png)\n"
+        f"[page]({W}http://r.example/page.html) [home](https://r.example/)\n\n"
+        f"<div>\n[in html]({W}http://r.example/in-html.jpg)\n</div>\n"
+    )
+    assert [
+        ("markdown", "http://img.pmcaff.example/abc-picture", True),
+        ("markdown-link", "http://img.pmcaff.example/abc-picture", False),
+        ("markdown-link", "http://r.example/a.png", False),
+    ] == summary(text)
+
+
+# --- Wrapper URLs in Markdown text -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("written", "url"),
+    [
+        (f"see {W}http://t.example/a.jpg.", f"{W}http://t.example/a.jpg"),
+        (f"(see {W}http://t.example/a.jpg)", f"{W}http://t.example/a.jpg"),
+        (f"see {W}http://t.example/a(1).jpg!", f"{W}http://t.example/a(1).jpg"),
+        (f"see {W}http://t.example/a.jpg(big", f"{W}http://t.example/a.jpg"),
+        (f"*{W}http://t.example/a.jpg*", f"{W}http://t.example/a.jpg"),
+        (f"{W}http://t.example/a.jpg&quot; said", f"{W}http://t.example/a.jpg"),
+        (f"{W}http://t.example/a.jpg?x=1&amp;y=2 ok", f"{W}http://t.example/a.jpg?x=1&amp;y=2"),
+        (f"{W}http://t.example/a.jpg<br>", f"{W}http://t.example/a.jpg"),
+        (f"见{W}http://t.example/a.jpg，下", f"{W}http://t.example/a.jpg，下"),
+        (f"\\[{W}http://t.example/a.jpg\\]", f"{W}http://t.example/a.jpg\\]"),
+    ],
+)
+def test_wrapper_url_in_text_ends_where_marked_ends_it(written: str, url: str) -> None:
+    """A bare wrapper URL in text is a reference, cut where marked's autolink cuts it."""
+    (ref,) = refs(f"\n---\ntitle: t\n---\n\n{written}\n")
+    assert (url, "text", "text", True) == (ref.url, ref.where, ref.syntax, ref.proxied)
+
+
+def test_angle_autolink_and_decoded_entities() -> None:
+    """<wrapper> is a link too; entities are decoded for the source, backslashes are not escapes."""
+    text = f"\n---\ntitle: t\n---\n\n<{W}http://t.example/a.jpg?x=1&amp;y=2> and more\n"
+    (ref,) = refs(text)
+    assert ("text", "text-angle", "http://t.example/a.jpg?x=1&y=2") == (
+        ref.where,
+        ref.syntax,
+        ref.source,
+    )
+
+
+def test_text_urls_only_where_markdown_autolinks_them() -> None:
+    """Not raw URLs, not code, not HTML blocks, link text, <a> text, definitions or .html posts."""
+    text = (
+        "\n---\ntitle: t\n---\n\n"
+        "raw http://t.example/raw.jpg is no reference\n\n"
+        f"`{W}http://t.example/code.jpg` and <code>{W}http://t.example/tag-code.jpg</code>\n\n"
+        f"```\n{W}http://t.example/fenced.jpg\n```\n\n"
+        f"<div>\n{W}http://t.example/html-block.jpg\n</div>\n\n"
+        f"[{W}http://t.example/label.jpg](http://t.example/page)\n"
+        f'<a href="http://t.example/page">{W}http://t.example/a-text.jpg</a>\n\n'
+        f"[def]: http://t.example/def.html {W}http://t.example/def-title.jpg\n\n"
+        f"{W}http://t.example/yes.jpg\n"
+    )
+    assert [("text", "http://t.example/yes.jpg", True)] == summary(text)
+    html = f"<p>{W}http://t.example/html.jpg</p>"
+    assert [] == EX(f"\n---\ntitle: t\n---\n\n{html}\n", "p.html")
+
+
+# --- Line numbers --------------------------------------------------------------------------------
+
+
+class CountingText(str):
+    """A post that counts the characters its ``count`` calls read."""
+
+    counted = 0
+
+    def count(self, sub: str, start: int | None = None, end: int | None = None) -> int:  # type: ignore[override]
+        CountingText.counted += (len(self) if end is None else end) - (start or 0)
+        return super().count(sub, start, end)
+
+
+def test_line_numbers_of_100000_references_read_the_text_once() -> None:
+    """Lines are counted in one pass: 100,000 references cost one read of the post, not 100,000."""
+    body = "".join(
+        f"![{i}]({W}http://l.example/x.jpg)\n{'' if i % 3 else chr(10)}" for i in range(100_000)
+    )
+    text = CountingText(f"\n---\ntitle: t\n---\n\n{body}")
+    CountingText.counted = 0
+    found = EX(text, "p.md")
+    assert 100_000 == len(found)
+    assert CountingText.counted <= len(text)
+    step = 997  # a sample, against the count from the start of the post
+    assert [str.count(text, "\n", 0, r.start) + 1 for r in found[::step]] == [
+        r.line for r in found[::step]
+    ]
+
+
+@pytest.mark.parametrize("name", ["p.md", "p.html"])
+def test_line_numbers_equal_the_naive_count(name: str) -> None:
+    """Every reference's line is the number of newlines before it, plus one."""
+    text = (
+        f"\n---\nheadimg: {W}http://n.example/0.jpg\nphotos: [{W}http://n.example/1.jpg,\n"
+        f"  {W}http://n.example/2.jpg]\n---\n\n<div>\n"
+        + "".join(
+            f'<img data-original="http://n.example/{i}.jpg"\n src="{W}http://n.example/{i}.jpg">'
+            f"\n\n![m]({W}http://n.example/m{i}.jpg) {W}http://n.example/t{i}.jpg\n"
+            for i in range(50)
+        )
+    )
+    found = EX(text, name)
+    assert len(found) > 100
+    assert [text.count("\n", 0, r.start) + 1 for r in found] == [r.line for r in found]

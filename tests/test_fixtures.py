@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from bs4 import BeautifulSoup, Tag
 
+from mirror.blocks import blocks
 from mirror.config import ScanConfig
 from mirror.extract import Extractor, front_matter_span
-from mirror.markup import Lexer
 from mirror.rewrite import decode
 from mirror.source import Classifier, looks_like_image
 
@@ -129,7 +129,7 @@ def test_tokenizer_agrees_with_beautifulsoup(path: Path) -> None:
     span = front_matter_span(text)
     body = 0 if span is None else span[2]
     if rel.endswith(".md"):
-        regions = [(s, e) for kind, s, e in Lexer(text)._blocks(body) if kind == "html"]
+        regions = [(s, e) for kind, s, e in blocks(text, body) if kind == "html"]
     else:
         regions = [(body, len(text))]
     html = "".join(text[s:e] for s, e in regions)

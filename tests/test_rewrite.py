@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import html
+from collections.abc import Sequence
+from urllib.parse import unquote
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mirror.config import ScanConfig
 from mirror.extract import Extractor
-from mirror.rewrite import decode, encode_url, rewrite, undo
+from mirror.frontmatter import front_matter_span, values
+from mirror.markup import Lexer, MdLink
+from mirror.models import Span
+from mirror.rewrite import decode, encode_url, rewrite, text_url, undo
 from mirror.source import normalize
 
 W = "https://cors.zfour.workers.dev/?"
@@ -48,6 +55,23 @@ def test_rewrites_every_context_and_nothing_else() -> None:
         ("yaml", '"', 'http://a/"q"\\', 'http://a/\\"q\\"\\\\'),
         ("yaml", "", "http://a/b", "http://a/b"),
         ("yaml", "", "http://a/b #c", "'http://a/b #c'"),
+        ("yaml", "", "http://a/b:", "'http://a/b:'"),
+        ("yaml-flow", "", "http://a/b", "http://a/b"),
+        ("yaml-flow", "", "http://a/b,c[d]{e}", "'http://a/b,c[d]{e}'"),
+        ("yaml-flow", "'", "http://a/it's", "http://a/it''s"),
+        ("yaml-flow", '"', 'http://a/"q"', 'http://a/\\"q\\"'),
+        (
+            "text",
+            "",
+            "https://c/a b(c)'d\"<e>`*_~|[f]\\g",
+            "https://c/a%20b%28c%29%27d%22%3Ce%3E%60%2A%5F%7E%7C%5Bf%5D%5Cg",
+        ),
+        ("text", "", "https://c/a?x=1&y=2&", "https://c/a?x=1&amp;y=2%26"),
+        ("text", "", "https://c/a.jpg.", "https://c/a.jpg%2E"),
+        ("text", "", "https://c/a&b;", "https://c/a&amp;b%3B"),
+        ("text", "", "https://c/\u3000.jpg", "https://c/%E3%80%80.jpg"),
+        ("text-angle", "", "https://c/a b<c>&d", "https://c/a%20b%3Cc%3E&amp;d"),
+        ("md", "", "http://a/b\\c&d", "http://a/b%5Cc&amp;d"),
         ("md", "", "http://a/b (c).jpg", "http://a/b%20%28c%29.jpg"),
         ("md-angle", "", "http://a/b <c>.jpg", "http://a/b %3Cc%3E.jpg"),
     ],
@@ -193,3 +217,140 @@ def test_property_idempotent(data: bytes, mapping: dict[str, str]) -> None:
     """Rewriting twice equals rewriting once."""
     once = run(data, mapping)
     assert once == run(once, mapping)
+
+
+# --- The new shapes: front matter lists, Markdown links, text ------------------------------------
+
+OLD = f"{W}http://s.example/a.jpg"
+SOURCE = "http://s.example/a.jpg"
+SITE = "https://blog.example.com/sub/"
+SHAPES = {
+    "block-list": ("p.md", "\n---\nphotos:\n  - '{u}'\n  - \"{u}\"\n  - {u}  \n---\n\nb&#123;\n"),
+    "flow-list": ("p.md", "\n---\nbanner: [{u}, '{u}', \"{u}\"]\nphotos: [\n  {u},\n]\n---\n\nb\n"),
+    "no-opening": ("p.md", "title: t\r\nheadimg: {u}\r\n---\r\n\r\nb  \r\n"),
+    "json": ("p.md", ';;;\n"cover": "{u}",\n"photos": [\n  "{u}"\n]\n;;;\nb\n'),
+    "markdown-link": ("p.md", "\n---\nt: t\n---\n\n[![a]({u})]({u} \"t\") [x](<{u}>)&#125;\n"),
+    "text": ("p.md", "\n---\nt: t\n---\n\nsee {u}. and ({u}) and *{u}*, ok  \n"),
+    "text-angle": ("p.md", "\n---\nt: t\n---\n\nsee <{u}> ok\n"),
+}  # fmt: skip
+# A relative path (made absolute from SITE in text), and an absolute wrapper that is found again.
+NEW_URLS = (
+    "/mirror/a b/it's,[x]{y} #z: w&amp=1(2)&.jpg",
+    f"{W}http://n.example/a b(c)'d\"e,[f]{{g}}: i&j;k*_~|.jpg",
+)
+NEW_IDS = ("relative", "wrapper")
+
+
+def shape(name: str) -> tuple[str, bytes]:
+    post, template = SHAPES[name]
+    return post, template.replace("{u}", OLD).encode()
+
+
+def outside_spans_identical(before: bytes, after: bytes, spans: Sequence[Span]) -> bool:
+    """Tell whether every byte outside the spans is the same, in order."""
+    at_old = at_new = 0
+    for span in spans:
+        gap = span.offset - at_old
+        if before[at_old : span.offset] != after[at_new : at_new + gap]:
+            return False
+        at_old = span.offset + len(span.old.encode())
+        at_new += gap + len(span.new.encode())
+    return before[at_old:] == after[at_new:]
+
+
+@pytest.mark.parametrize("new", NEW_URLS, ids=NEW_IDS)
+@pytest.mark.parametrize("name", SHAPES)
+def test_new_shapes_rewrite_byte_exact(name: str, new: str) -> None:
+    """Each URL span of the shape changes, every other byte stays, the new URL reads back."""
+    post, data = shape(name)
+    result = rewrite(data, {SOURCE: new}, EX, post, site_url=SITE)
+    assert len(result.refs) == len(result.spans) > 0
+    assert outside_spans_identical(data, result.data, result.spans)
+    if new.startswith(W):
+        after = EX(decode(result.data), post)
+        assert [r.where for r in result.refs] == [r.where for r in after]
+        assert {unquote(new)} == {unquote(r.decoded) for r in after}
+
+
+@pytest.mark.parametrize("new", NEW_URLS, ids=NEW_IDS)
+@pytest.mark.parametrize("name", SHAPES)
+def test_new_shapes_rewrite_idempotent(name: str, new: str) -> None:
+    """Rewriting the rewritten post again changes nothing."""
+    post, data = shape(name)
+    once = rewrite(data, {SOURCE: new}, EX, post, site_url=SITE).data
+    assert once != data
+    assert once == rewrite(once, {SOURCE: new}, EX, post, site_url=SITE).data
+
+
+@pytest.mark.parametrize("new", NEW_URLS, ids=NEW_IDS)
+@pytest.mark.parametrize("name", SHAPES)
+def test_new_shapes_rewrite_revertible(name: str, new: str) -> None:
+    """Undoing the spans gives back the original bytes."""
+    post, data = shape(name)
+    result = rewrite(data, {SOURCE: new}, EX, post, site_url=SITE)
+    assert data == undo(result.data, result.spans)
+
+
+def test_text_takes_only_absolute_urls() -> None:
+    """Text keeps its URL for a relative new one without site_url; the image beside it changes."""
+    data = f"\n---\nt: t\n---\n\n![a]({OLD}) see {OLD}\n".encode()
+    result = rewrite(data, {SOURCE: LOCAL}, EX, "p.md")
+    assert f"\n---\nt: t\n---\n\n![a]({LOCAL}) see {OLD}\n".encode() == result.data
+    on_site = rewrite(data, {SOURCE: LOCAL}, EX, "p.md", site_url=SITE).data
+    assert f"![a]({LOCAL}) see https://blog.example.com{LOCAL}\n".encode() in on_site
+    absolute = rewrite(data, {SOURCE: "https://cdn.example/x.jpg"}, EX, "p.md").data
+    assert b"see https://cdn.example/x.jpg\n" in absolute
+
+
+@pytest.mark.parametrize(
+    ("url", "site", "expected"),
+    [
+        ("https://cdn.example/m/x.jpg", "", "https://cdn.example/m/x.jpg"),
+        ("/mirror/ab/x.jpg", "", None),
+        (
+            "/mirror/ab/x.jpg",
+            "https://blog.example.com",
+            "https://blog.example.com/mirror/ab/x.jpg",
+        ),
+        (
+            "mirror/x.jpg",
+            "https://blog.example.com/sub/",
+            "https://blog.example.com/sub/mirror/x.jpg",
+        ),
+        ("//cdn.example/x.jpg", "", None),
+    ],
+)
+def test_text_url_is_absolute_or_none(url: str, site: str, expected: str | None) -> None:
+    """A text reference gets the absolute URL, or the one a browser resolves on site_url."""
+    assert expected == text_url(url, site)
+
+
+URL_TAIL = st.text(
+    alphabet="ab/?=&;.,:!*_~'\"()[]{}<>`|\\# %\u3000\u00a0é", min_size=1, max_size=24
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(URL_TAIL, st.sampled_from(["text", "text-angle"]))
+def test_property_text_url_is_autolinked_whole(tail: str, syntax: str) -> None:
+    """An encoded URL in text is autolinked exactly over its span and reads back as the URL."""
+    url = f"https://n.example/{tail}"
+    encoded = encode_url(url, syntax, "")
+    written = f"<{encoded}>" if syntax == "text-angle" else encoded
+    links = [e for e in Lexer(f"x {written} y\n").events(0) if isinstance(e, MdLink)]
+    start = 3 if syntax == "text-angle" else 2
+    assert [("text", start, start + len(encoded))] == [(e.kind, e.start, e.end) for e in links]
+    assert unquote(url) == unquote(html.unescape(encoded))
+
+
+@settings(max_examples=500, deadline=None)
+@given(URL_TAIL, st.sampled_from(["yaml", "yaml-flow"]))
+def test_property_yaml_list_items_read_back(tail: str, syntax: str) -> None:
+    """An encoded URL as a block or flow list item reads back as exactly the URL."""
+    url = f"https://n.example/{tail}"
+    item = encode_url(url, syntax, "")
+    front = f"photos:\n  - {item}\n" if syntax == "yaml" else f"photos: [{item}, x]\n"
+    text = f"---\n{front}---\n"
+    span = front_matter_span(text)
+    assert span is not None
+    assert url == next(values(text, span, frozenset({"photos"}))).decoded
