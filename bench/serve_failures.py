@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import http.client
 import os
 import platform
 import shlex
@@ -157,6 +158,27 @@ class Process:
         return problems
 
 
+def until_ready(serve: Process, port: int, workers: int, timeout: float = 60.0) -> None:
+    """Wait (bounded) until /healthz answers and, with workers, all of them have started."""
+    processes = 1 + workers if workers > 1 else 1
+    deadline = time.monotonic() + timeout
+    while True:
+        conn = http.client.HTTPConnection(HOST, port, timeout=2)
+        try:
+            conn.request("GET", "/healthz")
+            ok = conn.getresponse().status == 200
+        except OSError:
+            ok = False
+        finally:
+            conn.close()
+        # The banner comes before the workers listen; a worker may still be starting.
+        if ok and len(family(serve.popen.pid)) == processes:
+            return
+        if serve.popen.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{serve.name} did not become healthy")
+        time.sleep(0.1)
+
+
 def source(index: int, hosts: int, length: int) -> str:
     """The index-th distinct URL, padded to about ``length`` characters."""
     head = f"http://h{index % hosts}.fail.example/missing/{index}/"
@@ -240,6 +262,7 @@ def run(args: argparse.Namespace, root: Path) -> tuple[list[str], list[str]]:
         origin.wait_for("listening")
         serve = Process("mirror serve", command, root / "serve.log")
         serve.wait_for("serving on")
+        until_ready(serve, serve_port, args.workers)
         sampler = Sampler(serve.popen.pid)
         idle = sampler.now_kb()
         thread = threading.Thread(target=sampler.run, daemon=True)
