@@ -361,6 +361,7 @@ class ServeConfig:
     min_free_bytes: int = 256 * MiB
     refresh_interval: float = 1.0
     accel_redirect: str = ""
+    access_log: str = ""
 
     def __post_init__(self) -> None:
         _need("serve.host", bool(self.host), "must not be empty")
@@ -380,6 +381,8 @@ class ServeConfig:
                 raise ConfigError("serve.admin_networks", f"{network!r}: {exc}") from exc
         ok = not self.accel_redirect or re.fullmatch(r"/[\w./-]*/", self.accel_redirect) is not None
         _need("serve.accel_redirect", ok, "must be a path like /_mirror_objects/")
+        ok = "\x00" not in self.access_log and "\n" not in self.access_log
+        _need("serve.access_log", ok, 'must be "-", "" or a file path')
         for name in ("fallback_proxy", "public_url"):
             value = getattr(self, name)
             ok = not value or re.match(r"https?://[^/?#]+", value) is not None

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+from mirror.bounded import BoundedMap, url_key
 from mirror.catalog import Catalog, Entry
 from mirror.config import Config
 from mirror.downloader import Context, Downloader
@@ -35,10 +37,17 @@ log = logging.getLogger(__name__)
 # Distinct URLs being fetched at once, queued ones included; more answer 503 at once so a flood
 # of distinct URLs cannot pile up unbounded work.
 MAX_IN_FLIGHT = 1024
-# Remembered failures; the oldest go first beyond this.
+# Remembered failures, keyed by a digest of the URL, the least recently asked for going first
+# beyond either bound: an entry costs about 340 bytes, so 100,000 entries take about 34 MB and the
+# byte bound is a backstop for answers that cannot be shared (see FailureCache).
 MAX_FAILURES = 100_000
+FAILURE_BYTES = 48 * 1024 * 1024
 MAX_NEGATIVE_TTL = 3600.0
 RECENT_FAILURES = 100
+# What the status page shows of a failed URL (up to 8 KB each otherwise).
+RECENT_SOURCE_CHARS = 256
+# Distinct (status, reason, message) answers shared by every entry that gives them.
+SHARED_ANSWERS = 256
 
 T = TypeVar("T")
 
@@ -168,6 +177,67 @@ class SingleFlight(Generic[T]):
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+_Failure = tuple[float, int, Resolution]  # (answer until, consecutive failures, the answer)
+
+
+class FailureCache:
+    """
+    The negative cache: a failed source's answer until its backoff ends.
+
+    Keyed by :func:`~mirror.bounded.url_key` of the normalized source, and bounded by entries
+    and bytes (:class:`~mirror.bounded.BoundedMap`). Failures say one of a few answers
+    ("upstream failed: http-404"), so equal answers are one shared object, not one per URL.
+    """
+
+    def __init__(self, max_entries: int = MAX_FAILURES, max_bytes: int = FAILURE_BYTES) -> None:
+        self._answers: dict[tuple[int, str | None, str], Resolution] = {}
+        self._map: BoundedMap[bytes, _Failure] = BoundedMap(max_entries, max_bytes, self._cost)
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    @property
+    def held(self) -> int:
+        """The estimated bytes of every entry."""
+        return self._map.held
+
+    def _cost(self, key: bytes, value: _Failure) -> int:
+        until, count, answer = value
+        cost = sys.getsizeof(key) + sys.getsizeof(value) + sys.getsizeof(until)
+        if count > 256:  # CPython shares the small ints
+            cost += sys.getsizeof(count)
+        if self._answers.get((answer.status, answer.reason, answer.message)) is not answer:
+            cost += sys.getsizeof(answer) + sys.getsizeof(answer.message)
+            cost += sys.getsizeof(answer.reason) if answer.reason else 0
+        return cost
+
+    def _shared(self, answer: Resolution) -> Resolution:
+        # Shared answers are never dropped, so an entry's cost is the same when it goes.
+        key = (answer.status, answer.reason, answer.message)
+        if key not in self._answers and len(self._answers) < SHARED_ANSWERS:
+            self._answers[key] = answer
+        return self._answers.get(key, answer)
+
+    def lookup(self, source: str, now: float) -> Resolution | None:
+        """Return the remembered answer for ``source`` while its backoff lasts, else None."""
+        found = self._map.get(url_key(source))
+        if found is None or found[0] <= now:
+            return None
+        return found[2]
+
+    def remember(self, source: str, answer: Resolution, now: float, ttl: float) -> None:
+        """Remember a failure for ``ttl`` seconds, doubling per consecutive failure (capped)."""
+        key = url_key(source)
+        old = self._map.get(key)
+        count = old[1] + 1 if old is not None else 1
+        ttl = min(MAX_NEGATIVE_TTL, ttl * 2 ** min(count - 1, 32))
+        self._map.put(key, (now + ttl, count, self._shared(answer)))
+
+    def forget(self, source: str) -> None:
+        """Drop what was remembered for ``source`` (it has just been fetched)."""
+        self._map.pop(url_key(source))
+
+
 class Resolver:
     """The one owner of upstream fetching for a ``serve`` (see the module docstring)."""
 
@@ -192,7 +262,7 @@ class Resolver:
         self.flight: SingleFlight[Resolution] = SingleFlight()
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_FAILURES)
         self.snapshots: dict[str, dict[str, Any]] = {}
-        self._failures: OrderedDict[str, tuple[float, int, Resolution]] = OrderedDict()
+        self.failures = FailureCache()
 
     async def resolve(self, source: str) -> Resolution:
         """Answer a miss for ``source`` (already normalized); never raises for upstream faults."""
@@ -202,10 +272,10 @@ class Resolver:
         refused = self._refuse(source)
         if refused is not None:
             return refused
-        remembered = self._failures.get(source)
-        if remembered is not None and remembered[0] > self.clock():
+        remembered = self.failures.lookup(source, self.clock())
+        if remembered is not None:
             self.metrics.inc("mirror_negative_cache_hits_total")
-            return remembered[2]
+            return remembered
         timeout = self.config.serve.request_timeout
         try:
             resolution, joined = await self.flight.do(source, lambda: self._fetch(source), timeout)
@@ -241,7 +311,7 @@ class Resolver:
             await self._record(source, outcome.result(source, time.time()))
             entry = Entry(obj.sha256, obj.ext, obj.size)
             self.catalog.add(source, entry)
-            self._failures.pop(source, None)
+            self.failures.forget(source)
             self._observe(started, "ok", "ok")
             return Resolution(200, entry=entry)
         reason = outcome.reason or "error"
@@ -276,17 +346,13 @@ class Resolver:
             log.info("open mode: evicted %d objects over serve.max_store_bytes", len(evicted))
 
     def _remember(self, source: str, resolution: Resolution) -> None:
-        count = self._failures[source][1] + 1 if source in self._failures else 1
-        ttl = min(MAX_NEGATIVE_TTL, self.config.serve.negative_ttl * 2 ** (count - 1))
-        self._failures[source] = (self.clock() + ttl, count, resolution)
-        self._failures.move_to_end(source)
-        while len(self._failures) > MAX_FAILURES:
-            self._failures.popitem(last=False)
+        self.failures.remember(source, resolution, self.clock(), self.config.serve.negative_ttl)
+        shown = source if len(source) <= RECENT_SOURCE_CHARS else source[:RECENT_SOURCE_CHARS] + "…"
         self.recent.append(
             {
                 "time": time.time(),
-                "host": origin_host(source),
-                "source": source,
+                "host": origin_host(source)[:RECENT_SOURCE_CHARS],
+                "source": shown,
                 "status": resolution.status,
                 "reason": resolution.reason,
             }

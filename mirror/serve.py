@@ -6,6 +6,7 @@ Routes:
 ``GET /?<url>``                 the worker's form: the inner URL raw (its own query string kept)
                                 or percent-encoded; also ``/?url=<encoded>``. HEAD too.
 ``GET <base path><ab>/<sha256>.<ext>``  the objects rewritten posts point at.
+``OPTIONS`` on both                 a CORS preflight: 204 (:func:`~mirror.response.preflight`).
 ``/healthz`` ``/readyz`` ``/metrics`` and ``/`` (a status page; the last two only for
 ``serve.admin_networks``).
 
@@ -37,6 +38,7 @@ from urllib.parse import unquote, urlsplit
 from aiohttp import web
 from aiohttp.abc import AbstractResolver
 
+from mirror.bounded import BoundedMap, url_key
 from mirror.catalog import Catalog, Entry
 from mirror.config import Config
 from mirror.downloader import Downloader
@@ -45,19 +47,38 @@ from mirror.fetch import Fetcher
 from mirror.manifest import Manifest, manifest_path
 from mirror.metrics import Metrics, merge, render
 from mirror.resolver import Resolution, Resolver, Resolves
-from mirror.response import SAFE_HEADERS, ObjectCache, send
-from mirror.source import Classifier, hostname, inner_absolute
+from mirror.response import SAFE_HEADERS, ObjectCache, preflight, send
+from mirror.source import Classified, Classifier, hostname, inner_absolute
 from mirror.store import LocalStore
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT = 2.0
+# Raw query -> source, keyed by a digest of the query: a query can be 8 KB, and so can its source.
 SOURCE_MEMO = 8192
+SOURCE_MEMO_BYTES = 4 * 1024 * 1024
+# Open-mode hit times waiting for the next heartbeat; beyond this the oldest hit times are lost,
+# which only makes the least-recently-served order a little staler.
+MAX_SEEN = 16384
+SEEN_BYTES = 4 * 1024 * 1024
 _OBJECT_NAME = re.compile(r"([0-9a-f]{64})\.([a-z0-9]{1,10})")
 _ENCODED = re.compile(r"https?%3a", re.IGNORECASE)
 # A DNS name (IDN letters allowed), an IPv4 literal, or a bracketed IPv6 literal.
 _HOST = re.compile(r"[\w.-]+|\[[0-9a-f:.]+\]", re.IGNORECASE)
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class QueryClassifier(Classifier):
+    """
+    A :class:`~mirror.source.Classifier` without its memo, for ``serve``.
+
+    The memo is for posts, which repeat URLs; it keeps 4096 URLs whatever their size (64 MB of
+    8 KB ones). serve remembers what queries name in :attr:`ServeState.sources`, bounded by bytes.
+    """
+
+    def classify(self, decoded: str) -> Classified | None:
+        """Classify as the base class does, remembering nothing."""
+        return self._classify(decoded)
 
 
 @dataclass
@@ -71,21 +92,21 @@ class ServeState:
     classifier: Classifier
     resolver: Resolves
     metrics: Metrics = field(default_factory=Metrics)
-    seen: dict[str, float] = field(default_factory=dict)
+    seen: BoundedMap[str, float] = field(default_factory=lambda: BoundedMap(MAX_SEEN, SEEN_BYTES))
     admin: tuple[_Network, ...] = ()
-    # Raw query -> source: parsing costs as much as the rest of a hit; hot URLs repeat.
-    sources: dict[str, str | None] = field(default_factory=dict)
+    # Parsing costs as much as the rest of a hit, and hot URLs repeat; "" means "names none".
+    sources: BoundedMap[bytes, str] = field(
+        default_factory=lambda: BoundedMap(SOURCE_MEMO, SOURCE_MEMO_BYTES)
+    )
 
     def source(self, query: str) -> str | None:
-        """:func:`requested_source`, remembered for up to :data:`SOURCE_MEMO` queries."""
-        try:
-            return self.sources[query]
-        except KeyError:
-            pass
-        if len(self.sources) >= SOURCE_MEMO:
-            self.sources.clear()
-        found = self.sources[query] = requested_source(query, self.classifier)
-        return found
+        """:func:`requested_source`, remembered for the :data:`SOURCE_MEMO` latest queries."""
+        key = url_key(query)
+        found = self.sources.get(key)
+        if found is None:
+            found = requested_source(query, self.classifier) or ""
+            self.sources.put(key, found)
+        return found or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +175,7 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
         if obj is not None or (accel and state.store.has(entry.sha256, entry.ext)):
             state.metrics.inc("mirror_cache_hits_total")
             if source in state.catalog.served:
-                state.seen[source] = time.time()  # open mode's least-recently-served order
+                state.seen.put(source, time.time())  # open mode's least-recently-served order
             response = _accel(accel, entry) if obj is None else await send(request, obj)
             return _count(state, "proxy", response)
         state.catalog.forget(source)
@@ -197,6 +218,17 @@ async def handle_object(request: web.Request) -> web.StreamResponse:
     if obj is None:
         return _count(state, "object", error_response(404, "not-found", "no such object"))
     return _count(state, "object", await send(request, obj))
+
+
+async def handle_preflight(request: web.Request) -> web.StreamResponse:
+    """``OPTIONS`` on ``/?<url>`` or an object path: the CORS preflight browsers send first."""
+    state = request.app[STATE]
+    if "name" not in request.match_info and not request.rel_url.raw_query_string:
+        # The bare / is the status page, not an image.
+        response = error_response(405, "method-not-allowed", "OPTIONS is for /?<url> and objects")
+        response.headers["Allow"] = "GET, HEAD"
+        return _count(state, "status", response)
+    return _count(state, "preflight", preflight(request))
 
 
 async def handle_healthz(request: web.Request) -> web.StreamResponse:
@@ -312,7 +344,7 @@ async def _heartbeat(state: ServeState) -> None:
 
 
 async def _flush(state: ServeState) -> None:
-    seen, state.seen = state.seen, {}
+    seen = state.seen.drain()
     try:
         await state.resolver.touch(seen)
         await _status(state)
@@ -360,7 +392,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             store=store,
             catalog=catalog,
             cache=ObjectCache(store, config.serve.memory_cache_bytes),
-            classifier=Classifier(config.scan.wrappers),
+            classifier=QueryClassifier(config.scan.wrappers),
             resolver=resolver,
             admin=tuple(ipaddress.ip_network(n, strict=False) for n in config.serve.admin_networks),
         )
@@ -394,9 +426,12 @@ def create_app(
     app[WIRING] = Wiring(remote, dns)
     app.cleanup_ctx.append(_resources)
     prefix = urlsplit(config.rewrite.base_url).path or "/"
+    objects = prefix + "{shard:[0-9a-f]{2}}/{name}"
     app.router.add_get("/", handle_proxy)
+    app.router.add_route("OPTIONS", "/", handle_preflight)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
     app.router.add_get("/metrics", handle_metrics)
-    app.router.add_get(prefix + "{shard:[0-9a-f]{2}}/{name}", handle_object)
+    app.router.add_get(objects, handle_object)
+    app.router.add_route("OPTIONS", objects, handle_preflight)
     return app

@@ -34,9 +34,11 @@ from typing import Any, Self
 import aiohttp
 from aiohttp import web
 
+from mirror.access import runner_options
 from mirror.catalog import Catalog
 from mirror.config import Config, config_from_mapping
 from mirror.errors import ExitStatus, ListenError, MirrorError
+from mirror.log import configure_access_log
 from mirror.manifest import manifest_path
 from mirror.metrics import Metrics, merge
 from mirror.resolver import Resolution, Resolver, SingleFlight
@@ -46,6 +48,7 @@ from mirror.store import LocalStore
 log = logging.getLogger("mirror.serve")
 
 CONFIG_ENV = "MIRROR_SERVE_CONFIG"
+OWNER_ENV = "MIRROR_SERVE_OWNER"
 SHUTDOWN_SECONDS = 10.0
 RESTARTS_PER_MINUTE = 10
 # Idle keep-alive connections (and new ones that send nothing) close after this many seconds.
@@ -70,7 +73,7 @@ async def _listening(
     app: web.Application, host: str, port: int, *, reuse_port: bool = False
 ) -> AsyncIterator[list[Any]]:
     runner = web.AppRunner(
-        app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS, keepalive_timeout=KEEPALIVE
+        app, shutdown_timeout=SHUTDOWN_SECONDS, keepalive_timeout=KEEPALIVE, **runner_options()
     )
     await runner.setup()
     try:
@@ -232,6 +235,7 @@ def _reserve_port(host: str, port: int) -> socket.socket:
 
 def _spawn(config: Config, owner: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, CONFIG_ENV: json.dumps(dataclasses.asdict(config))}
+    env[OWNER_ENV] = str(os.getpid())
     command = [sys.executable, "-m", "mirror", "serve", "--worker-of", owner]
     return subprocess.Popen(command, env=env)
 
@@ -300,7 +304,9 @@ async def _orphaned(parent: int) -> None:
 
 
 async def _serve_worker(config: Config, owner: str) -> None:
-    parent = os.getppid()
+    # The owner's pid, not getppid(): an owner that died while this worker was starting up
+    # would otherwise leave it waiting for a parent change that has already happened.
+    parent = int(os.environ.get(OWNER_ENV, os.getppid()))
     async with RemoteResolver(owner, config.serve.request_timeout) as remote:
         app = create_app(config, remote=remote)
         host, port = config.serve.host, config.serve.port
@@ -319,6 +325,11 @@ def run_serve(config: Config, worker_of: str | None = None) -> ExitStatus:
     if worker_of is not None:
         # Exactly the owner's config (with its chosen port), not a re-read of the file.
         config = config_from_mapping(json.loads(os.environ[CONFIG_ENV]))
+    # A worker or a single process logs its requests; the owner answers no client, but opening
+    # the file here refuses an unwritable one before any worker starts. Workers are started
+    # without -v, so they log only to a configured target.
+    configure_access_log(config.serve.access_log)
+    if worker_of is not None:
         asyncio.run(_serve_worker(config, worker_of))
     elif config.serve.workers == 1:
         asyncio.run(_serve_single(config))

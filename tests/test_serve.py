@@ -5,20 +5,27 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-from collections.abc import Awaitable, Callable
+import logging
+import re
+import sys
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from conftest import FakeResolver
 from yarl import URL
 
+from mirror.access import _escape, runner_options
 from mirror.config import Config, ServeConfig, StoreConfig
+from mirror.errors import ConfigError
+from mirror.log import ACCESS, configure_access_log, configure_logging
 from mirror.manifest import Manifest, SourceResult, manifest_path
-from mirror.serve import create_app, requested_source
+from mirror.resolver import Resolver
+from mirror.serve import STATE, create_app, requested_source
 from mirror.source import Classifier
 from mirror.store import LocalStore
 
@@ -389,21 +396,49 @@ async def test_waiter_gives_up_after_the_request_timeout(
     assert (504, "timeout") == (response.status, response.headers["X-Mirror-Reason"])
 
 
+class Clock:
+    """A clock that moves only when the test moves it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def use_clock(client: Client, clock: Clock) -> None:
+    """Make the app's resolver (this process's fetch owner) read ``clock``."""
+    resolver = client.app[STATE].resolver
+    assert isinstance(resolver, Resolver)
+    resolver.clock = clock
+
+
 async def test_negative_cache_backs_off(
     upstream: Upstream, root: Path, make_client: MakeClient
 ) -> None:
-    """A failure is answered from memory until its backoff passes, then fetched again."""
-    config = serve_config(upstream.config(attempts=1), root, open=True, negative_ttl=0.3)
+    """A failure is answered from memory until its backoff passes, which doubles per failure."""
+    config = serve_config(upstream.config(attempts=1), root, open=True, negative_ttl=60.0)
     client = await make_client(config)
+    clock = Clock()
+    use_clock(client, clock)
     url = f"/?{upstream.url('/status/503')}"
     statuses = [(await client.get(url)).status for _ in range(3)]
     assert [502, 502, 502] == statuses
     assert 1 == upstream.hits["/status/503"]
-    await asyncio.sleep(0.4)
+    clock.now += 59.9
+    assert 502 == (await client.get(url)).status
+    assert 1 == upstream.hits["/status/503"]
+    clock.now += 0.2  # past the first 60 s
     assert 502 == (await client.get(url)).status
     assert 2 == upstream.hits["/status/503"]
+    clock.now += 119.9  # the second failure backs off 120 s
+    assert 502 == (await client.get(url)).status
+    assert 2 == upstream.hits["/status/503"]
+    clock.now += 0.2
+    assert 502 == (await client.get(url)).status
+    assert 3 == upstream.hits["/status/503"]
     metrics = await (await client.get("/metrics")).text()
-    assert "mirror_negative_cache_hits_total 2" in metrics
+    assert "mirror_negative_cache_hits_total 4" in metrics
 
 
 async def test_open_mode_evicts_least_recently_served(
@@ -433,15 +468,28 @@ async def test_catalog_follows_the_manifest(
 ) -> None:
     """Rows another process writes become hits without a restart (no SQLite per request)."""
     remember(root, upstream.url("/first.png"), png_bytes + b"1")
-    client = await make_client(serve_config(upstream.config(), root, refresh_interval=0.05))
+    client = await make_client(serve_config(upstream.config(), root, refresh_interval=0.01))
     source = upstream.url("/later.png")
     assert 404 == (await client.get(f"/?{source}")).status
+    catalog = client.app[STATE].catalog
+    loop = asyncio.get_running_loop()
+    reloaded = asyncio.Event()
+    real_reload = catalog.reload
+
+    def reload() -> bool:
+        changed = real_reload()  # the background refresh calls this in a thread
+        if changed:
+            loop.call_soon_threadsafe(reloaded.set)
+        return changed
+
+    catalog.reload = reload  # type: ignore[method-assign]
     remember(root, source, png_bytes)
-    for _ in range(100):  # bounded: 5 s at most
-        response = await client.get(f"/?{source}")
-        if response.status == 200:
-            break
-        await asyncio.sleep(0.05)
+    async with asyncio.timeout(30):
+        # Bounded by the timeout: each pass waits for one more reload of the changed manifest.
+        while catalog.lookup(source) is None:
+            reloaded.clear()
+            await reloaded.wait()
+    response = await client.get(f"/?{source}")
     assert (200, png_bytes) == (response.status, await response.read())
     assert not upstream.hits
 
@@ -527,3 +575,205 @@ async def test_accel_redirect_hands_hits_to_nginx(
     missing = await client.get(f"/?{upstream.url('/other.png')}")
     assert 404 == missing.status
     assert "X-Accel-Redirect" not in missing.headers
+
+
+# --- CORS preflights ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("asked", "allowed"),
+    [
+        ("Range, If-None-Match, X-Requested-With", "range, if-none-match, x-requested-with"),
+        ("authorization, cookie, x-custom, accept", "accept"),
+        ("CONTENT-TYPE,content-type , If-Modified-Since", "content-type, if-modified-since"),
+        ("authorization", None),
+        (None, None),
+    ],
+)
+async def test_preflight_answers_for_every_image_route(
+    upstream: Upstream,
+    root: Path,
+    png_bytes: bytes,
+    make_client: MakeClient,
+    asked: str | None,
+    allowed: str | None,
+) -> None:
+    """OPTIONS on /?<url> and object paths: 204, any origin, our methods, allowlisted headers."""
+    sha = remember(root, upstream.url("/img.png"), png_bytes)
+    client = await make_client(serve_config(upstream.config(), root))
+    headers = {"Origin": "https://blog.example", "Access-Control-Request-Method": "GET"}
+    if asked is not None:
+        headers["Access-Control-Request-Headers"] = asked
+    for path in (
+        f"/?{upstream.url('/img.png')}",
+        f"/?{upstream.url('/unknown.png')}",
+        f"/mirror/{sha[:2]}/{sha}.png",
+        f"/mirror/{sha[:2]}/{'0' * 64}.png",
+    ):
+        response = await client.options(path, headers=headers)
+        assert (204, b"") == (response.status, await response.read()), path
+        assert "*" == response.headers["Access-Control-Allow-Origin"]
+        assert "GET, HEAD, OPTIONS" == response.headers["Access-Control-Allow-Methods"]
+        assert "86400" == response.headers["Access-Control-Max-Age"]
+        assert allowed == response.headers.get("Access-Control-Allow-Headers"), path
+        assert "Access-Control-Request-Headers" == response.headers["Vary"]
+        assert "Access-Control-Allow-Credentials" not in response.headers
+    assert not upstream.hits
+    metrics = await (await client.get("/metrics")).text()
+    assert 'mirror_requests_total{route="preflight",status="204"} 4' in metrics
+
+
+async def test_preflight_on_the_status_page_is_405(
+    upstream: Upstream, root: Path, make_client: MakeClient
+) -> None:
+    """The bare / serves no image, so it has no preflight."""
+    client = await make_client(serve_config(upstream.config(), root))
+    response = await client.options("/", headers={"Access-Control-Request-Method": "GET"})
+    assert (405, "GET, HEAD") == (response.status, response.headers["Allow"])
+
+
+async def test_answers_do_not_vary_on_origin(
+    upstream: Upstream, root: Path, png_bytes: bytes, make_client: MakeClient
+) -> None:
+    """Hits and errors give every origin the same answer: *, and no Vary: Origin."""
+    source = upstream.url("/img.png")
+    remember(root, source, png_bytes)
+    client = await make_client(serve_config(upstream.config(), root))
+    for origin in ("https://a.example", "https://b.example", None):
+        headers = {"Origin": origin} if origin else {}
+        for path, status in ((f"/?{source}", 200), (f"/?{upstream.url('/x.png')}", 404)):
+            response = await client.get(path, headers=headers)
+            assert status == response.status
+            assert "*" == response.headers["Access-Control-Allow-Origin"]
+            assert "origin" not in response.headers.get("Vary", "").lower()
+
+
+# --- the access log -----------------------------------------------------------------------------
+
+ACCESS_LINE = re.compile(
+    r"(?P<host>\S+) - - \[\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4}\] "
+    r'"(?P<request>(?:[^"\\]|\\.)*)" (?P<status>\d{3}) (?P<bytes>\d+|-) '
+    r'"(?P<referer>(?:[^"\\]|\\.)*)" "(?P<agent>(?:[^"\\]|\\.)*)" '
+    r"reason=(?P<reason>\S+) time=(?P<time>\d+\.\d{6})"
+)
+
+
+async def logged_client(aiohttp_client: Any, app: web.Application) -> Client:
+    """A test client for ``app`` on a server with serve's access log, as ``mirror serve`` runs."""
+    server = TestServer(app)
+    await server.start_server(**runner_options())
+    client: Client = await aiohttp_client(server)
+    return client
+
+
+@pytest.fixture
+def access_logger() -> Iterator[logging.Logger]:
+    """The ``mirror.access`` and ``mirror`` loggers, put back as they were after the test."""
+    access, parent = logging.getLogger(ACCESS), logging.getLogger("mirror")
+    saved = (list(access.handlers), access.level, access.propagate)
+    saved_parent = (list(parent.handlers), parent.level)
+    yield access
+    for handler in list(access.handlers):
+        if handler not in saved[0]:
+            handler.close()
+    access.handlers[:], access.level, access.propagate = saved
+    parent.handlers[:], parent.level = saved_parent
+
+
+async def test_access_log_lines(
+    upstream: Upstream,
+    root: Path,
+    png_bytes: bytes,
+    aiohttp_client: Any,
+    access_logger: logging.Logger,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One combined-format line per request, with reason and time; no cookie or credential."""
+    caplog.set_level(logging.INFO, logger=ACCESS)
+    source = upstream.url("/img.png")
+    remember(root, source, png_bytes)
+    client = await logged_client(aiohttp_client, create_app(serve_config(upstream.config(), root)))
+    secret = {"Cookie": "session=cookie-secret", "Authorization": "Bearer token-secret"}
+    agent = 'Mozilla/5.0 "quoted" \\ agent'
+    sent = {"Referer": "https://blog.example/post.html", "User-Agent": agent, **secret}
+    assert 200 == (await client.get(f"/?{source}", headers=sent)).status
+    assert 404 == (await client.get(f"/?{upstream.url('/x.png')}")).status
+    assert 200 == (await client.head(f"/?{source}")).status
+    assert 204 == (await client.options(f"/?{source}")).status
+    lines = [r.getMessage() for r in caplog.records if r.name == ACCESS]
+    assert 4 == len(lines), lines
+    found = [ACCESS_LINE.fullmatch(line) for line in lines]
+    assert all(found), lines
+    hit, miss, head, options = (m.groupdict() for m in found if m is not None)
+    assert ("127.0.0.1", f"GET /?{source} HTTP/1.1", "200") == (
+        hit["host"],
+        hit["request"],
+        hit["status"],
+    )
+    assert (str(len(png_bytes)), "-") == (hit["bytes"], hit["reason"])
+    assert ("https://blog.example/post.html", 'Mozilla/5.0 \\"quoted\\" \\\\ agent') == (
+        hit["referer"],
+        hit["agent"],
+    )
+    assert ("404", "unknown-url", "-") == (miss["status"], miss["reason"], miss["referer"])
+    assert ("HEAD", "-") == (head["request"].split()[0], head["bytes"])
+    assert ("OPTIONS", "204", "-") == (
+        options["request"].split()[0],
+        options["status"],
+        options["bytes"],
+    )
+    assert all(float(m["time"]) >= 0 for m in (hit, miss, head, options))
+    for line in lines:
+        assert "secret" not in line
+
+
+def test_access_line_escapes_control_characters() -> None:
+    """A header cannot end a line or a field early: quotes, backslashes and controls are escaped."""
+    assert '\\"a\\\\b\\x0a\\x1b' == _escape('"a\\b\n\x1b')
+    assert "-" == _escape("")
+    assert 1024 == len(_escape("x" * 5000))
+
+
+async def test_access_log_to_a_file_and_off(
+    upstream: Upstream,
+    root: Path,
+    tmp_path: Path,
+    png_bytes: bytes,
+    aiohttp_client: Any,
+    access_logger: logging.Logger,
+) -> None:
+    """A configured file gets one line per request; "" without -v writes nothing."""
+    configure_logging(0)
+    target = tmp_path / "access.log"
+    target.write_text("an older line\n")
+    assert configure_access_log(str(target))
+    source = upstream.url("/img.png")
+    remember(root, source, png_bytes)
+    app = create_app(serve_config(upstream.config(), root, access_log=str(target)))
+    client = await logged_client(aiohttp_client, app)
+    for _ in range(3):
+        assert 200 == (await client.get(f"/?{source}")).status
+    lines = target.read_text().splitlines()
+    assert "an older line" == lines[0]
+    assert 4 == len(lines)
+    assert all(ACCESS_LINE.fullmatch(line) for line in lines[1:])
+    assert not configure_access_log("")
+    assert not access_logger.isEnabledFor(logging.INFO)
+    # aiohttp asks whether the log is on once per connection: this one is new.
+    response = await client.get(f"/?{source}", headers={"Connection": "close"})
+    assert 200 == response.status
+    other = await logged_client(aiohttp_client, create_app(serve_config(upstream.config(), root)))
+    assert 200 == (await other.get(f"/?{source}")).status
+    assert 4 == len(target.read_text().splitlines())
+
+
+def test_access_log_targets(access_logger: logging.Logger, tmp_path: Path) -> None:
+    """-v turns the default "" on (stderr); "-" is stderr; an unwritable file is a config error."""
+    configure_logging(1)
+    assert configure_access_log("")
+    assert [sys.stderr] == [getattr(h, "stream", None) for h in access_logger.handlers]
+    configure_logging(0)
+    assert configure_access_log("-")
+    assert not access_logger.propagate
+    with pytest.raises(ConfigError, match=r"serve\.access_log"):
+        configure_access_log(str(tmp_path / "no-such-folder" / "access.log"))
