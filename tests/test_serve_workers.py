@@ -267,7 +267,7 @@ def test_unwritable_access_log_is_a_usage_error(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text(f'[serve]\naccess_log = "{tmp_path}/missing/access.log"\n')
     command = [sys.executable, "-m", "mirror", "serve", "--config", str(config)]
-    command += ["--port", "0", "--store", str(tmp_path / "cache")]
+    command += ["--port", "0", "--store", str(tmp_path / "cache"), "--create"]
     result = subprocess.run(command, capture_output=True, timeout=60, check=False)
     assert 2 == result.returncode
     assert b"serve.access_log" in result.stderr
