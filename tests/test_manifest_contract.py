@@ -959,3 +959,36 @@ async def test_a_batch_postgresql_refuses_keeps_nothing_and_names_the_manifest(
         assert {"mirrored": 0, "failed": 0, "blocked": 0, "skipped": 0} == await manifest.counts()
         await manifest.record_results([mirrored()])
         assert 1 == (await manifest.counts())["mirrored"]
+
+
+# --- SQLite only: waiting for another process's write lock ----------------------------------
+
+
+async def test_a_write_waits_for_the_sqlite_lock_on_the_loop_then_says_locked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Behind another writer a write sleeps on the loop (other tasks run), then fails clearly."""
+    monkeypatch.setattr("mirror.manifest.sqlite.BUSY_TIMEOUT_MS", 200)
+    path = tmp_path / "manifest.sqlite3"
+    async with SQLiteManifest(path) as manifest:
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            ticks = 0
+
+            async def tick() -> None:
+                nonlocal ticks
+                while True:
+                    await asyncio.sleep(0)
+                    ticks += 1
+
+            ticker = asyncio.create_task(tick())
+            with pytest.raises(ManifestError, match="locked by another process"):
+                await manifest.record_results([mirrored()])
+            ticker.cancel()
+            assert ticks > 10
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        await manifest.record_results([mirrored()])
+        assert 1 == (await manifest.counts())["mirrored"]

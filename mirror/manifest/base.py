@@ -50,8 +50,6 @@ if TYPE_CHECKING:
 
 # The store's delete, as evict_served calls it: (sha256, ext) -> whether the object was there.
 Delete = Callable[[str, str], Awaitable[object]]
-# The change log keeps at least this many newest entries; older ones are trimmed in steps.
-CHANGES_KEPT = 65_536
 # A negative-cache row stays this long past its expiry, so a repeated failure still doubles
 # its TTL (serve's longest negative TTL is an hour); older rows are trimmed on every write.
 NEGATIVE_KEPT = 3600.0

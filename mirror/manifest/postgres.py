@@ -86,7 +86,7 @@ _CATALOG_SQL = """SELECT s.source, s.status, s.sha256, o.ext, o.bytes, o.format 
 _POST_COLUMNS = "path, size, mtime_ns, inode, sha256, scanned_at, rewritten_at, next_check, mode"
 # Taken first by every writer of sources or served (see mirror.manifest.postgres_schema).
 _LOCK_FEED = "SELECT seq FROM catalog_counter FOR UPDATE"
-_SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 _EVICTABLE_SQL = """SELECT o.sha256, o.ext, o.bytes FROM served v JOIN objects o
     ON o.sha256 = v.sha256
     WHERE NOT EXISTS (SELECT 1 FROM sources s WHERE s.sha256 = v.sha256)
@@ -212,8 +212,12 @@ class PostgresManifest:
             open=False,
             name="mirror-manifest",
         )
-        async with self._errors("connecting"):
-            await pool.open(wait=True, timeout=30.0)
+        try:
+            async with self._errors("connecting"):
+                await pool.open(wait=True, timeout=30.0)
+        except BaseException:
+            await pool.close()
+            raise
         self._pool = pool
         return self
 
@@ -281,7 +285,7 @@ class PostgresManifest:
         return self._pool
 
     @asynccontextmanager
-    async def _write(self, doing: str) -> AsyncIterator[Conn]:
+    async def _begun(self, doing: str, begin: str) -> AsyncIterator[Conn]:
         """
         Yield a connection inside a transaction: the caller's, or a new one in pipeline mode.
 
@@ -298,7 +302,7 @@ class PostgresManifest:
                 try:
                     # Leaving the pipeline waits for COMMIT (an explicit sync costs one more trip).
                     async with conn.pipeline():
-                        await conn.execute("BEGIN")
+                        await conn.execute(begin)
                         yield conn
                         await conn.execute("COMMIT")
                 except BaseException:
@@ -306,6 +310,9 @@ class PostgresManifest:
                     with contextlib.suppress(psycopg.Error):
                         await conn.rollback()
                     raise
+
+    def _write(self, doing: str) -> AbstractAsyncContextManager[Conn]:
+        return self._begun(doing, "BEGIN")
 
     @asynccontextmanager
     async def _read(self, doing: str, *, snapshot: bool = False) -> AsyncIterator[Conn]:
@@ -315,13 +322,12 @@ class PostgresManifest:
             if held is not None:
                 yield held
                 return
+            if snapshot:
+                async with self._begun(doing, _SNAPSHOT) as conn:
+                    yield conn
+                return
             async with self.pool.connection() as conn:
-                if not snapshot:
-                    yield conn
-                    return
-                async with conn.transaction():
-                    await conn.execute(_SNAPSHOT)
-                    yield conn
+                yield conn
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[None]:

@@ -144,7 +144,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             BEGIN INSERT INTO catalog_log (source) VALUES (NEW.source); END""",
         """CREATE TRIGGER served_log_delete AFTER DELETE ON served
             BEGIN INSERT INTO catalog_log (source) VALUES (OLD.source); END""",
-        # Keep the newest 65,536 entries (base.CHANGES_KEPT), trimming every 1,024; a cursor
+        # Keep the newest 65,536 entries (as PostgreSQL does), trimming every 1,024; a cursor
         # at or past the horizon still sees every change after it.
         """CREATE TRIGGER catalog_log_trim AFTER INSERT ON catalog_log WHEN NEW.seq % 1024 = 0
             BEGIN
