@@ -326,6 +326,57 @@ class StoreConfig:
         return self.location.split("://")[1].partition("/")[2].strip("/")
 
 
+# A password in the manifest's URL would sit in config.toml; libpq reads it from these instead.
+_PG_SECRETS = "PGPASSWORD, ~/.pgpass (PGPASSFILE) or a service file (PGSERVICEFILE, ?service=)"
+
+
+def _check_postgres_url(url: str) -> None:
+    """Refuse a ``postgresql://`` URL that carries a password or names no database server."""
+    rest = url.split("://", 1)[1]
+    netloc = rest.split("/", 1)[0].split("?", 1)[0]
+    userinfo = netloc.rpartition("@")[0]
+    query = rest.partition("?")[2]
+    params = {part.partition("=")[0].strip().lower() for part in query.split("&") if part}
+    ok = ":" not in userinfo and "password" not in params
+    _need("manifest.url", ok, f"holds a password: put it in {_PG_SECRETS}")
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestConfig:
+    """
+    Where the manifest lives: ``url`` is "" (``<store>/manifest.sqlite3``), a path, or a URL.
+
+    ``sqlite:///abs/path`` or a plain path is a SQLite file; ``postgresql://user@host:port/db``
+    (or ``postgres://``) a PostgreSQL database, whose password libpq reads from the environment
+    or a file, never from here.
+    """
+
+    url: str = ""
+
+    def __post_init__(self) -> None:
+        scheme = self.scheme
+        if scheme == "postgresql":
+            _check_postgres_url(self.url)
+        elif self.url.startswith("sqlite:"):
+            ok = re.fullmatch(r"sqlite:///[^?#]+", self.url) is not None
+            _need("manifest.url", ok, f"{self.url!r}: write sqlite:///abs/path")
+        elif re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", self.url):
+            why = f"unknown scheme in {self.url!r}: a path, sqlite:///abs/path or postgresql://"
+            raise ConfigError("manifest.url", why)
+
+    @property
+    def scheme(self) -> str:
+        """Return ``"postgresql"`` for a PostgreSQL URL, else ``"sqlite"``."""
+        return "postgresql" if self.url.startswith(("postgresql://", "postgres://")) else "sqlite"
+
+    @property
+    def path(self) -> Path | None:
+        """Return the SQLite file the URL names, or None for the default (or PostgreSQL)."""
+        if self.scheme != "sqlite" or not self.url:
+            return None
+        return Path(self.url.removeprefix("sqlite://"))
+
+
 @dataclass(frozen=True, slots=True)
 class RewriteConfig:
     """What rewritten posts point at."""
@@ -400,6 +451,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     rewrite: RewriteConfig = field(default_factory=RewriteConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    manifest: ManifestConfig = field(default_factory=ManifestConfig)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,7 @@ from mirror.config import Config, FetchConfig, NetworkConfig
 
 # Fixtures for every test: moto's S3 server and per-test buckets (tests/s3_server.py), the Hexo
 # site and browser harness (tests/hexo_site.py, tests/browser.py).
-pytest_plugins = ("s3_server", "hexo_site", "browser")
+pytest_plugins = ("s3_server", "hexo_site", "browser", "pg_server")
 
 ORIGIN = "origin.example"
 BIG_BODY = 60 * 1024 * 1024

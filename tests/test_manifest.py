@@ -342,7 +342,7 @@ def test_a_full_disk_while_creating_leaves_no_manifest(tmp_path: Path) -> None:
 
 def test_a_full_disk_in_a_batch_keeps_nothing_of_it_and_says_so(tmp_path: Path) -> None:
     """SQLITE_FULL in a write is "the disk is full"; the batch is rolled back, later ones work."""
-    with Manifest(manifest_path(tmp_path), on_connect=_pages(16)) as manifest:
+    with Manifest(manifest_path(tmp_path), on_connect=_pages(26)) as manifest:
         big = [mirrored(f"{URL}?{n:05d}" + "x" * 200) for n in range(2000)]
         with pytest.raises(ManifestError, match="the disk is full while recording results"):
             manifest.record_results(big)

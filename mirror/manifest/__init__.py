@@ -1,9 +1,28 @@
 """
 The manifest: what every source URL became, which objects exist, and how posts were rewritten.
 
-Today one backend, a SQLite file (:mod:`mirror.manifest.sqlite`).
+:class:`~mirror.manifest.base.Manifest` (in :mod:`mirror.manifest.base`) is the async seam;
+:func:`open_manifest` builds the backend ``[manifest] url`` names: the embedded SQLite file
+(:mod:`mirror.manifest.sqlite_async` over :mod:`mirror.manifest.sqlite`) or a PostgreSQL
+database (:mod:`mirror.manifest.postgres`, which alone imports psycopg). The synchronous
+:class:`Manifest` of :mod:`mirror.manifest.sqlite` is what the commands use until they switch.
 """
 
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from mirror.config import Config
+from mirror.manifest import base
+from mirror.manifest.base import (
+    CursorExpired,
+    GalleryObject,
+    NegativeEntry,
+    ReportRows,
+    ReportSource,
+)
 from mirror.manifest.sqlite import (
     MANIFEST_NAME,
     SCHEMA_VERSION,
@@ -20,6 +39,7 @@ from mirror.manifest.sqlite import (
     load_attempts,
     manifest_path,
 )
+from mirror.manifest.sqlite_async import SQLiteManifest
 
 __all__ = [
     "MANIFEST_NAME",
@@ -27,13 +47,45 @@ __all__ = [
     "STATUSES",
     "Attempt",
     "CatalogRow",
+    "CursorExpired",
+    "GalleryObject",
     "Manifest",
+    "NegativeEntry",
     "ObjectRow",
     "PostState",
     "RecordedSpan",
+    "ReportRows",
+    "ReportSource",
     "Rewrite",
+    "SQLiteManifest",
     "SourceResult",
     "SourceRow",
     "load_attempts",
     "manifest_path",
+    "open_manifest",
 ]
+
+
+def open_manifest(
+    config: Config, *, readonly: bool = False, clock: Callable[[], float] = time.time
+) -> base.Manifest:
+    """
+    Build the manifest ``config.manifest.url`` names; enter it (``async with``) before use.
+
+    Args:
+        config: the tree; ``manifest.url`` picks the backend, ``store`` the default file.
+        readonly: open for reading only (no migration, no writes).
+        clock: what "now" is, for timestamps, pins and leases.
+
+    Returns:
+        A :class:`SQLiteManifest` for "" (``<store folder>/manifest.sqlite3``), a plain path or
+        ``sqlite:///abs/path``; a :class:`~mirror.manifest.postgres.PostgresManifest` for
+        ``postgresql://`` or ``postgres://``.
+    """
+    settings = config.manifest
+    if settings.scheme == "postgresql":
+        from mirror.manifest.postgres import PostgresManifest  # psycopg only for PostgreSQL
+
+        return PostgresManifest(settings.url, readonly=readonly, clock=clock)
+    path = settings.path or manifest_path(Path(config.store.path))
+    return SQLiteManifest(path, durability=config.store.durability, readonly=readonly, clock=clock)

@@ -64,6 +64,15 @@ from typing import Any, Self
 
 from mirror.atomic import DIR_FLAGS, TEMP_NAME, temp_name
 from mirror.errors import ManifestError
+from mirror.manifest.base import (
+    NEGATIVE_KEPT,
+    CursorExpired,
+    GalleryObject,
+    NegativeEntry,
+    ReportRows,
+    ReportSource,
+    key_hash,
+)
 from mirror.models import Span
 from mirror.store import local_url
 
@@ -120,6 +129,48 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # recorded: the kind moves to via and the URL stays unknown (NULL).
         "ALTER TABLE sources ADD COLUMN via TEXT",
         "UPDATE sources SET via = fetched_from, fetched_from = NULL WHERE fetched_from IS NOT NULL",
+    ),
+    (
+        # The change feed (mirror.manifest.base): every write that changes what catalog()
+        # shows logs the source in the same transaction, by trigger, so no writer can forget.
+        # Writers are serialised, so seq grows in commit order and MAX(seq) is the cursor.
+        """CREATE TABLE catalog_log (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT, source TEXT NOT NULL)""",
+        "CREATE TABLE catalog_horizon (seq INTEGER NOT NULL)",
+        "INSERT INTO catalog_horizon VALUES (0)",
+        """CREATE TRIGGER sources_log_insert AFTER INSERT ON sources
+            BEGIN INSERT INTO catalog_log (source) VALUES (NEW.source); END""",
+        """CREATE TRIGGER sources_log_update AFTER UPDATE OF status, sha256 ON sources
+            WHEN OLD.status IS NOT NEW.status OR OLD.sha256 IS NOT NEW.sha256
+            BEGIN INSERT INTO catalog_log (source) VALUES (NEW.source); END""",
+        """CREATE TRIGGER sources_log_delete AFTER DELETE ON sources
+            BEGIN INSERT INTO catalog_log (source) VALUES (OLD.source); END""",
+        """CREATE TRIGGER served_log_insert AFTER INSERT ON served
+            BEGIN INSERT INTO catalog_log (source) VALUES (NEW.source); END""",
+        """CREATE TRIGGER served_log_update AFTER UPDATE OF sha256 ON served
+            WHEN OLD.sha256 IS NOT NEW.sha256
+            BEGIN INSERT INTO catalog_log (source) VALUES (NEW.source); END""",
+        """CREATE TRIGGER served_log_delete AFTER DELETE ON served
+            BEGIN INSERT INTO catalog_log (source) VALUES (OLD.source); END""",
+        # Keep the newest 65,536 entries (as PostgreSQL does), trimming every 1,024; a cursor
+        # at or past the horizon still sees every change after it.
+        """CREATE TRIGGER catalog_log_trim AFTER INSERT ON catalog_log WHEN NEW.seq % 1024 = 0
+            BEGIN
+                DELETE FROM catalog_log WHERE seq <= NEW.seq - 65536;
+                UPDATE catalog_horizon SET seq = NEW.seq - 65536 WHERE seq < NEW.seq - 65536;
+            END""",
+        # Pins (issue #13 row 1): objects a job is about to make a post name; never evicted.
+        """CREATE TABLE pins (
+            sha256 TEXT NOT NULL, holder TEXT NOT NULL, until REAL NOT NULL,
+            PRIMARY KEY (sha256, holder)) WITHOUT ROWID""",
+        "CREATE INDEX pins_holder ON pins (holder)",
+        # serve nodes' single flight and shared negative cache, keyed by the key's SHA-256.
+        """CREATE TABLE leases (
+            key BLOB PRIMARY KEY, holder TEXT NOT NULL, until REAL NOT NULL) WITHOUT ROWID""",
+        """CREATE TABLE negative (
+            key BLOB PRIMARY KEY, until REAL NOT NULL, count INTEGER NOT NULL,
+            status INTEGER NOT NULL, reason TEXT NOT NULL) WITHOUT ROWID""",
+        "CREATE INDEX negative_until ON negative (until)",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -258,6 +309,17 @@ _ROW_SQL = """SELECT s.source, s.status, s.reason, s.sha256, o.ext, o.bytes, o.f
     s.next_attempt, s.failures, s.via FROM sources s LEFT JOIN objects o ON o.sha256 = s.sha256"""
 
 
+_CATALOG_OF_SQL = """SELECT s.source, s.status, s.sha256, o.ext, o.bytes, o.format
+    FROM sources s LEFT JOIN objects o ON o.sha256 = s.sha256 WHERE s.source IN ({marks})
+    UNION ALL SELECT v.source, 'served', v.sha256, o.ext, o.bytes, o.format FROM served v
+    JOIN objects o ON o.sha256 = v.sha256 WHERE v.source IN ({marks})"""
+_CURSOR_SQL = "SELECT seq FROM sqlite_sequence WHERE name = 'catalog_log'"
+# Open-mode objects no post names and no live pin holds, most recently served first.
+_EVICTABLE_SQL = """SELECT o.sha256, o.ext, o.bytes FROM served v JOIN objects o
+    ON o.sha256 = v.sha256
+    WHERE NOT EXISTS (SELECT 1 FROM sources s WHERE s.sha256 = v.sha256)
+    AND NOT EXISTS (SELECT 1 FROM pins p WHERE p.sha256 = v.sha256 AND p.until > ?)
+    GROUP BY o.sha256 ORDER BY MAX(v.last_served) DESC, o.sha256"""
 _POST_SQL = "SELECT * FROM posts WHERE path = ?"
 _POSTS_IN_SQL = "SELECT * FROM posts WHERE path > ? AND path < ?"
 
@@ -823,25 +885,13 @@ class Manifest:
         """
         Forget the least recently served open-mode objects beyond ``max_bytes`` in all.
 
-        Objects a ``sources`` row names are never candidates. Returns ``(sha256, ext)`` of the
-        objects forgotten; the caller deletes their files *after* this commits, so no row ever
-        names a missing file.
+        Objects a ``sources`` row names or a live pin holds are never candidates. Returns
+        ``(sha256, ext)`` of the objects forgotten; the caller deletes their files *after* this
+        commits, so no row ever names a missing file.
         """
-        sql = """SELECT o.sha256, o.ext, o.bytes FROM served v JOIN objects o ON o.sha256 = v.sha256
-            WHERE NOT EXISTS (SELECT 1 FROM sources s WHERE s.sha256 = v.sha256)
-            GROUP BY o.sha256 ORDER BY MAX(v.last_served) DESC, o.sha256"""
-        with self.transaction() as conn, self._errors("evicting served objects"):
-            kept = 0
-            evicted: list[tuple[str, str]] = []
-            for sha256, ext, size in conn.execute(sql).fetchall():
-                kept += size
-                if kept > max_bytes:
-                    evicted.append((sha256, ext))
-            for chunk in range(0, len(evicted), _CHUNK):
-                shas = [sha for sha, _ext in evicted[chunk : chunk + _CHUNK]]
-                marks = ",".join("?" * len(shas))
-                conn.execute(f"DELETE FROM served WHERE sha256 IN ({marks})", shas)
-                conn.execute(f"DELETE FROM objects WHERE sha256 IN ({marks})", shas)
+        with self.transaction():
+            evicted = self.evict_plan(max_bytes)
+            self.drop_objects(sha for sha, _ext in evicted)
         return evicted
 
     def objects(self) -> list[ObjectRow]:
@@ -894,3 +944,167 @@ class Manifest:
         sql = "INSERT OR REPLACE INTO hosts VALUES (?, ?, ?)"
         with self.transaction() as conn, self._errors("recording a host"):
             conn.execute(sql, (host, profile, self._clock()))
+
+    # --- the seam's additions (mirror.manifest.base); SQLiteManifest awaits these -------------
+
+    def schema_version(self) -> int:
+        """Return the schema version the file is at."""
+        with self._lock, self._errors("reading the schema version"):
+            version: int = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        return version
+
+    @contextmanager
+    def _snapshot(self, doing: str) -> Iterator[sqlite3.Connection]:
+        """Read inside one transaction, so several queries see one committed state."""
+        with self._lock, self._errors(doing):
+            conn = self.conn
+            if conn.in_transaction:
+                yield conn
+                return
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+
+    @staticmethod
+    def _cursor(conn: sqlite3.Connection) -> int:
+        found = conn.execute(_CURSOR_SQL).fetchone()
+        return 0 if found is None else int(found[0])
+
+    def change_cursor(self) -> int:
+        """Return the change feed's cursor: one cheap query, for polling."""
+        with self._lock, self._errors("reading the change cursor"):
+            return self._cursor(self.conn)
+
+    def catalog_snapshot(self) -> tuple[list[CatalogRow], int]:
+        """Return :meth:`catalog` and the change cursor it is current at."""
+        with self._snapshot("reading the catalog"):
+            return self.catalog(), self._cursor(self.conn)
+
+    def catalog_changes(self, since: int) -> tuple[list[CatalogRow], list[str], int]:
+        """
+        Return the catalog rows of the sources changed after ``since``, those now gone, the cursor.
+
+        Raises:
+            CursorExpired: ``since`` is older than the trimmed log or newer than the cursor.
+        """
+        with self._snapshot("reading catalog changes") as conn:
+            cursor = self._cursor(conn)
+            horizon: int = conn.execute("SELECT seq FROM catalog_horizon").fetchone()[0]
+            if since < horizon or since > cursor:
+                raise CursorExpired(
+                    f"manifest {self.path}: change cursor {since} is outside {horizon}..{cursor}"
+                )
+            sql = "SELECT DISTINCT source FROM catalog_log WHERE seq > ?"
+            changed = [source for (source,) in conn.execute(sql, (since,))]
+            rows: list[CatalogRow] = []
+            for start in range(0, len(changed), _CHUNK // 2):
+                chunk = changed[start : start + _CHUNK // 2]
+                marks = ",".join("?" * len(chunk))
+                found = conn.execute(_CATALOG_OF_SQL.format(marks=marks), chunk + chunk)
+                rows += (CatalogRow(*values) for values in found)
+        present = {row.source for row in rows}
+        return rows, [source for source in changed if source not in present], cursor
+
+    def report_rows(self) -> ReportRows:
+        """Return what ``mirror report`` shows, from one snapshot."""
+        with self._snapshot("reading the report") as conn:
+            sql = "SELECT source, status, reason, sha256, attempts, failures FROM sources"
+            sources = tuple(
+                ReportSource(source, status, reason, sha, load_attempts(tried), failures)
+                for source, status, reason, sha, tried, failures in conn.execute(sql)
+            )
+            sql = "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM objects"
+            count, total = conn.execute(sql).fetchone()
+            sql = """SELECT o.sha256, o.ext, o.bytes, o.width, o.height FROM objects o
+                WHERE EXISTS (SELECT 1 FROM sources s WHERE s.sha256 = o.sha256
+                AND s.status = 'mirrored') ORDER BY o.created, o.sha256"""
+            gallery = tuple(GalleryObject(*values) for values in conn.execute(sql))
+        return ReportRows(sources, count, total, gallery)
+
+    def pin(self, sha256s: Iterable[str], holder: str, until: float) -> set[str]:
+        """Pin objects for ``holder`` until ``until``; return those that have no object."""
+        wanted = list(dict.fromkeys(sha256s))
+        sql = """INSERT INTO pins VALUES (?, ?, ?)
+            ON CONFLICT (sha256, holder) DO UPDATE SET until = excluded.until"""
+        missing = set(wanted)
+        with self.transaction() as conn, self._errors("pinning objects"):
+            conn.executemany(sql, [(sha, holder, until) for sha in wanted])
+            for start in range(0, len(wanted), _CHUNK):
+                chunk = wanted[start : start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                found = conn.execute(f"SELECT sha256 FROM objects WHERE sha256 IN ({marks})", chunk)
+                missing.difference_update(sha for (sha,) in found)
+        return missing
+
+    def unpin(self, holder: str) -> None:
+        """Drop every pin of ``holder``."""
+        with self.transaction() as conn, self._errors("unpinning objects"):
+            conn.execute("DELETE FROM pins WHERE holder = ?", (holder,))
+
+    def evict_plan(self, max_bytes: int) -> list[tuple[str, str]]:
+        """
+        Return ``(sha256, ext)`` of the open-mode objects beyond ``max_bytes``, to evict.
+
+        Call it inside :meth:`transaction` and forget them with :meth:`drop_objects` in the same
+        one, so nothing can pin or name them in between. Expired pins are dropped here.
+        """
+        now = self._clock()
+        with self.transaction() as conn, self._errors("evicting served objects"):
+            conn.execute("DELETE FROM pins WHERE until <= ?", (now,))
+            kept = 0
+            evicted: list[tuple[str, str]] = []
+            for sha256, ext, size in conn.execute(_EVICTABLE_SQL, (now,)).fetchall():
+                kept += size
+                if kept > max_bytes:
+                    evicted.append((sha256, ext))
+        return evicted
+
+    def drop_objects(self, sha256s: Iterable[str]) -> None:
+        """Delete the ``served`` and ``objects`` rows of evicted objects."""
+        shas = list(sha256s)
+        with self.transaction() as conn, self._errors("evicting served objects"):
+            for start in range(0, len(shas), _CHUNK):
+                chunk = shas[start : start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                conn.execute(f"DELETE FROM served WHERE sha256 IN ({marks})", chunk)
+                conn.execute(f"DELETE FROM objects WHERE sha256 IN ({marks})", chunk)
+
+    def lease(self, key: str, holder: str, ttl: float) -> bool:
+        """Take or renew the lease ``key`` for ``ttl`` seconds; tell whether ``holder`` has it."""
+        now = self._clock()
+        sql = """INSERT INTO leases VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE
+            SET holder = excluded.holder, until = excluded.until
+            WHERE leases.until <= ? OR leases.holder = excluded.holder"""
+        with self.transaction() as conn, self._errors("taking a lease"):
+            taken = conn.execute(sql, (key_hash(key), holder, now + ttl, now)).rowcount
+        return taken == 1
+
+    def release(self, key: str, holder: str) -> None:
+        """Give the lease ``key`` back if ``holder`` has it."""
+        sql = "DELETE FROM leases WHERE key = ? AND holder = ?"
+        with self.transaction() as conn, self._errors("releasing a lease"):
+            conn.execute(sql, (key_hash(key), holder))
+
+    def lease_held(self, key: str) -> float | None:
+        """Return until when someone holds the lease ``key``, or None when it is free."""
+        sql = "SELECT until FROM leases WHERE key = ? AND until > ?"
+        with self._lock, self._errors("reading a lease"):
+            found = self.conn.execute(sql, (key_hash(key), self._clock())).fetchone()
+        return None if found is None else float(found[0])
+
+    def negative_get(self, key: str) -> NegativeEntry | None:
+        """Return the remembered failure of ``key`` (expired or not), or None."""
+        sql = "SELECT until, count, status, reason FROM negative WHERE key = ?"
+        with self._lock, self._errors("reading the negative cache"):
+            found = self.conn.execute(sql, (key_hash(key),)).fetchone()
+        return None if found is None else NegativeEntry(*found)
+
+    def negative_put(self, key: str, until: float, count: int, status: int, reason: str) -> None:
+        """Remember a failure of ``key`` until ``until``; trim entries long expired."""
+        sql = "INSERT OR REPLACE INTO negative VALUES (?, ?, ?, ?, ?)"
+        with self.transaction() as conn, self._errors("writing the negative cache"):
+            conn.execute("DELETE FROM negative WHERE until < ?", (self._clock() - NEGATIVE_KEPT,))
+            conn.execute(sql, (key_hash(key), until, count, status, reason))
