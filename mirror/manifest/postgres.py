@@ -32,7 +32,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from mirror.errors import ManifestError
-from mirror.manifest import sqlite as rules
+from mirror.manifest import sqlite_rows as rules
 from mirror.manifest.base import (
     NEGATIVE_KEPT,
     CursorExpired,

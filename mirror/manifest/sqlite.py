@@ -50,37 +50,58 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 from mirror.atomic import DIR_FLAGS, TEMP_NAME, temp_name
 from mirror.errors import ManifestError
-from mirror.manifest.base import (
-    NEGATIVE_KEPT,
-    CursorExpired,
-    GalleryObject,
-    NegativeEntry,
-    ReportRows,
-    ReportSource,
-    key_hash,
+from mirror.manifest.sqlite_posts import PostsMixin
+from mirror.manifest.sqlite_rows import (
+    STATUSES,
+    Attempt,
+    CatalogRow,
+    ObjectRow,
+    PostState,
+    RecordedSpan,
+    Rewrite,
+    SourceResult,
+    SourceRow,
+    attempt_json,
+    load_attempts,
 )
-from mirror.models import Span
-from mirror.store import local_url
+from mirror.manifest.sqlite_serve import ServeMixin
+from mirror.manifest.sqlite_sources import SourcesMixin
+
+# The row records moved to sqlite_rows; importing them from here keeps working.
+__all__ = [
+    "BUSY_TIMEOUT_MS",
+    "MANIFEST_NAME",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "STATUSES",
+    "Attempt",
+    "CatalogRow",
+    "Manifest",
+    "ObjectRow",
+    "PostState",
+    "RecordedSpan",
+    "Rewrite",
+    "SourceResult",
+    "SourceRow",
+    "attempt_json",
+    "load_attempts",
+    "manifest_path",
+]
 
 MANIFEST_NAME = "manifest.sqlite3"
-STATUSES = ("mirrored", "failed", "blocked", "skipped")
 BUSY_TIMEOUT_MS = 10_000
-_CHUNK = 500  # under SQLite's oldest host-parameter limit (999)
-
 # Append only: a released migration is never edited, its index + 1 is the schema version.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
@@ -180,222 +201,9 @@ _FULL_BELOW = 1 << 20
 _NO_LINK = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK})
 
 
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """One try at one URL: which source (origin, proxy...), how it ended, and what happened."""
-
-    source: str
-    url: str
-    outcome: str
-    detail: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SourceResult:
-    """What one run learned about one source URL; a mirrored result names its object."""
-
-    source: str
-    status: str
-    reason: str | None = None
-    sha256: str | None = None
-    ext: str | None = None
-    size: int | None = None
-    format: str | None = None
-    width: int | None = None
-    height: int | None = None
-    fetched_from: str | None = None
-    attempts: tuple[Attempt, ...] = ()
-    etag: str | None = None
-    last_modified: str | None = None
-    attempted_at: float | None = None
-    via: str | None = None
-    next_attempt: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.status not in STATUSES:
-            raise ValueError(f"status must be one of {STATUSES}, not {self.status!r}")
-        if self.status == "mirrored" and (
-            self.sha256 is None or self.ext is None or self.size is None
-        ):
-            raise ValueError(f"a mirrored result needs sha256, ext and size: {self.source}")
-
-
-@dataclass(frozen=True, slots=True)
-class SourceRow:
-    """A ``sources`` row joined with its object."""
-
-    source: str
-    status: str
-    reason: str | None
-    sha256: str | None
-    ext: str | None
-    size: int | None
-    format: str | None
-    width: int | None
-    height: int | None
-    fetched_from: str | None
-    attempts: tuple[Attempt, ...]
-    etag: str | None
-    last_modified: str | None
-    first_seen: float
-    last_attempt: float | None
-    next_attempt: float | None
-    failures: int
-    via: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class CatalogRow:
-    """One source URL as ``serve`` sees it: ``status`` is ``served`` for an open-mode row."""
-
-    source: str
-    status: str
-    sha256: str | None
-    ext: str | None
-    size: int | None
-    format: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class PostState:
-    """What a post looked like when last scanned or rewritten."""
-
-    path: str
-    size: int
-    mtime_ns: int
-    inode: int
-    sha256: str
-    scanned_at: float
-    rewritten_at: float | None
-    next_check: float | None = None
-    mode: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RecordedSpan:
-    """One replacement of a rewrite, with the source URL it was made for."""
-
-    offset: int
-    old: str
-    new: str
-    source: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Rewrite:
-    """One generation of rewriting a post, spans in the order they were recorded."""
-
-    post: str
-    generation: int
-    before_sha256: str | None
-    after_sha256: str | None
-    created: float
-    spans: tuple[RecordedSpan, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectRow:
-    """An ``objects`` row with the ``sources`` and ``served`` rows that name it."""
-
-    sha256: str
-    ext: str
-    size: int
-    sources: tuple[str, ...]
-    served: tuple[str, ...]
-
-
-_ROW_SQL = """SELECT s.source, s.status, s.reason, s.sha256, o.ext, o.bytes, o.format, o.width,
-    o.height, s.fetched_from, s.attempts, s.etag, s.last_modified, s.first_seen, s.last_attempt,
-    s.next_attempt, s.failures, s.via FROM sources s LEFT JOIN objects o ON o.sha256 = s.sha256"""
-
-
-_CATALOG_OF_SQL = """SELECT s.source, s.status, s.sha256, o.ext, o.bytes, o.format
-    FROM sources s LEFT JOIN objects o ON o.sha256 = s.sha256 WHERE s.source IN ({marks})
-    UNION ALL SELECT v.source, 'served', v.sha256, o.ext, o.bytes, o.format FROM served v
-    JOIN objects o ON o.sha256 = v.sha256 WHERE v.source IN ({marks})"""
-_CURSOR_SQL = "SELECT seq FROM sqlite_sequence WHERE name = 'catalog_log'"
-# Open-mode objects no post names and no live pin holds, most recently served first.
-_EVICTABLE_SQL = """SELECT o.sha256, o.ext, o.bytes FROM served v JOIN objects o
-    ON o.sha256 = v.sha256
-    WHERE NOT EXISTS (SELECT 1 FROM sources s WHERE s.sha256 = v.sha256)
-    AND NOT EXISTS (SELECT 1 FROM pins p WHERE p.sha256 = v.sha256 AND p.until > ?)
-    GROUP BY o.sha256 ORDER BY MAX(v.last_served) DESC, o.sha256"""
-_POST_SQL = "SELECT * FROM posts WHERE path = ?"
-_POSTS_IN_SQL = "SELECT * FROM posts WHERE path > ? AND path < ?"
-
-
 def manifest_path(store_root: Path) -> Path:
     """Return where the manifest of the store at ``store_root`` lives."""
     return store_root / MANIFEST_NAME
-
-
-def attempt_json(attempt: Attempt) -> dict[str, str | None]:
-    """Return one attempt as the manifest and the JSON report write it."""
-    return {
-        "source": attempt.source,
-        "url": attempt.url,
-        "outcome": attempt.outcome,
-        "detail": attempt.detail,
-    }
-
-
-def load_attempts(text: str) -> tuple[Attempt, ...]:
-    """Read the manifest's ``attempts`` JSON (rows from before details have none)."""
-    return tuple(
-        Attempt(a["source"], a["url"], a["outcome"], a.get("detail")) for a in json.loads(text)
-    )
-
-
-def _dump_attempts(attempts: Iterable[Attempt]) -> str:
-    items = [attempt_json(a) for a in attempts]
-    return json.dumps(items, ensure_ascii=False, separators=(",", ":"))
-
-
-def _row(values: Sequence[Any]) -> SourceRow:
-    attempts = load_attempts(values[10])
-    fields = list(values)
-    fields[10] = attempts
-    return SourceRow(*fields)
-
-
-# On a failed refresh of a mirrored source, these stay as they were: the object still stands.
-_KEPT: tuple[str, ...] = ("status", "sha256", "ext", "size", "format", "width", "height")
-_KEPT += ("fetched_from", "via", "etag", "last_modified")
-_COLUMNS: tuple[str, ...] = ("source", "status", "reason", "sha256", "fetched_from", "via")
-_COLUMNS += ("attempts",)
-_COLUMNS += ("etag", "last_modified", "first_seen", "last_attempt", "next_attempt", "failures")
-# _merge has already folded in the stored row, so replacing it whole is correct.
-_MARKS = ", ".join("?" * len(_COLUMNS))
-_UPSERT_SQL = f"INSERT OR REPLACE INTO sources ({', '.join(_COLUMNS)}) VALUES ({_MARKS})"
-
-
-def _merge(old: SourceRow | None, new: SourceResult, now: float) -> SourceRow | None:
-    """Return the row that results from ``new`` landing on ``old``, or None to keep ``old``."""
-    if old is not None and new.status == "skipped":
-        return None
-    failures = old.failures if old is not None else 0
-    if new.status == "mirrored":
-        failures = 0
-    elif new.status == "failed":
-        failures += 1
-    keep = old is not None and old.status == "mirrored" and new.status != "mirrored"
-    base: SourceRow | SourceResult = old if keep and old is not None else new
-    return SourceRow(
-        source=new.source,
-        reason=new.reason,
-        attempts=new.attempts,
-        first_seen=old.first_seen if old is not None else now,
-        last_attempt=None if new.status == "skipped" else (new.attempted_at or now),
-        next_attempt=new.next_attempt,
-        failures=failures,
-        **{name: getattr(base, name) for name in _KEPT},
-    )
-
-
-def _upsert_values(row: SourceRow) -> tuple[Any, ...]:
-    values = {name: getattr(row, name) for name in _COLUMNS}
-    values["attempts"] = _dump_attempts(row.attempts)
-    return tuple(values.values())
 
 
 def _migrate(conn: sqlite3.Connection, version: int) -> None:
@@ -436,7 +244,7 @@ def _disk_full(exc: sqlite3.Error, folder: Path) -> bool:
     return room.f_bavail * room.f_frsize < _FULL_BELOW
 
 
-class Manifest:
+class Manifest(SourcesMixin, PostsMixin, ServeMixin):
     """
     The manifest file, opened by one writer (or, with ``readonly``, by any number of readers).
 
@@ -667,284 +475,6 @@ class Manifest:
             finally:
                 self._depth = 0
 
-    def record_results(self, rows: Iterable[SourceResult]) -> None:
-        """
-        Merge a batch of results in one transaction, adding the objects mirrored rows name.
-
-        Write each object to the store before calling this (see the module docstring).
-        """
-        now = self._clock()
-        batch = list(rows)
-        with self.transaction() as conn, self._errors("recording results"):
-            merged = self.get_many(r.source for r in batch)
-            objects = [
-                (r.sha256, r.ext, r.size, r.format, r.width, r.height, now)
-                for r in batch
-                if r.status == "mirrored"
-            ]
-            conn.executemany(
-                "INSERT INTO objects VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", objects
-            )
-            final: dict[str, SourceRow] = {}
-            for result in batch:
-                row = _merge(merged.get(result.source), result, now)
-                if row is not None:
-                    # A later duplicate in the batch merges onto this row, not the stored one.
-                    merged[result.source] = final[result.source] = row
-            conn.executemany(_UPSERT_SQL, map(_upsert_values, final.values()))
-
-    def get(self, source: str) -> SourceRow | None:
-        """Return the row for ``source``, or None when it was never recorded."""
-        return self.get_many([source]).get(source)
-
-    def get_many(self, sources: Iterable[str]) -> dict[str, SourceRow]:
-        """Return the rows that exist among ``sources``, by source."""
-        wanted = list(dict.fromkeys(sources))
-        found: dict[str, SourceRow] = {}
-        with self._lock, self._errors("reading sources"):
-            for start in range(0, len(wanted), _CHUNK):
-                chunk = wanted[start : start + _CHUNK]
-                marks = ",".join("?" * len(chunk))
-                for values in self.conn.execute(f"{_ROW_SQL} WHERE s.source IN ({marks})", chunk):
-                    found[values[0]] = _row(values)
-        return found
-
-    def mirrored_mapping(self, base_url: str) -> dict[str, str]:
-        """Return source -> local URL for every mirrored source."""
-        sql = """SELECT s.source, o.sha256, o.ext FROM sources s JOIN objects o
-            ON o.sha256 = s.sha256 WHERE s.status = 'mirrored'"""
-        with self._lock, self._errors("reading the mapping"):
-            return {src: local_url(base_url, sha, ext) for src, sha, ext in self.conn.execute(sql)}
-
-    def counts(self) -> dict[str, int]:
-        """Return how many sources have each status, zero included."""
-        result = dict.fromkeys(STATUSES, 0)
-        with self._lock, self._errors("counting"):
-            sql = "SELECT status, COUNT(*) FROM sources GROUP BY status"
-            result.update(self.conn.execute(sql))
-        return result
-
-    def record_post(
-        self,
-        path: str,
-        size: int,
-        mtime_ns: int,
-        inode: int,
-        sha256: str,
-        *,
-        rewritten: bool = False,
-        next_check: float | None = None,
-        mode: str | None = None,
-    ) -> None:
-        """Record a post as scanned now (and as rewritten now, with ``rewritten``)."""
-        now = self._clock()
-        sql = """INSERT INTO posts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE
-            SET size = excluded.size, mtime_ns = excluded.mtime_ns, inode = excluded.inode,
-            sha256 = excluded.sha256, scanned_at = excluded.scanned_at,
-            rewritten_at = COALESCE(excluded.rewritten_at, posts.rewritten_at),
-            next_check = excluded.next_check, mode = excluded.mode"""
-        stamp = now if rewritten else None
-        values = (path, size, mtime_ns, inode, sha256, now, stamp, next_check, mode)
-        with self.transaction() as conn, self._errors("recording a post"):
-            conn.execute(sql, values)
-
-    def record_posts(
-        self, rows: Iterable[tuple[str, int, int, int, str, float | None, str | None]]
-    ) -> None:
-        """Record finished posts: (path, size, mtime_ns, inode, sha256, next_check, mode) each."""
-        now = self._clock()
-        sql = """INSERT INTO posts VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?)
-            ON CONFLICT (path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,
-            inode = excluded.inode, sha256 = excluded.sha256, scanned_at = excluded.scanned_at,
-            next_check = excluded.next_check, mode = excluded.mode"""
-        values = [
-            (p, size, mtime, ino, sha, now, due, mode)
-            for p, size, mtime, ino, sha, due, mode in rows
-        ]
-        with self.transaction() as conn, self._errors("recording posts"):
-            conn.executemany(sql, values)
-
-    def post_states_in(self, folder: str) -> dict[str, PostState]:
-        """Every recorded post under ``folder`` (subfolders included), by path, in one query."""
-        low, high = folder + "/", folder + "0"  # "0" follows "/": the range is the prefix
-        with self._lock, self._errors("reading posts"):
-            rows = self.conn.execute(_POSTS_IN_SQL, (low, high)).fetchall()
-        return {row[0]: PostState(*row) for row in rows}
-
-    def post_state(self, path: str) -> PostState | None:
-        """Return what ``path`` looked like when last recorded, or None."""
-        # Called once per post by the no-op re-run: the error wrapper is entered only on error.
-        try:
-            with self._lock:
-                values = self.conn.execute(_POST_SQL, (path,)).fetchone()
-        except sqlite3.Error:
-            with self._errors("reading a post"):
-                values = self.conn.execute(_POST_SQL, (path,)).fetchone()
-        return None if values is None else PostState(*values)
-
-    def record_spans(
-        self,
-        post: str,
-        spans: Sequence[Span],
-        sources: Sequence[str | None],
-        *,
-        before_sha256: str | None = None,
-        after_sha256: str | None = None,
-    ) -> int | None:
-        """
-        Record one rewrite of ``post``; return its generation, or None when ``spans`` is empty.
-
-        ``sources[i]`` is the URL ``spans[i]`` was made for. A rewrite from the same
-        ``before_sha256`` as the newest generation replaces that generation.
-        """
-        if len(spans) != len(sources):
-            raise ValueError(f"{len(spans)} spans but {len(sources)} sources for {post}")
-        if not spans:
-            return None
-        with self.transaction() as conn, self._errors("recording spans"):
-            newest = conn.execute(
-                "SELECT generation, before_sha256 FROM rewrites WHERE post = ? "
-                "ORDER BY generation DESC LIMIT 1",
-                (post,),
-            ).fetchone()
-            generation = 1 if newest is None else newest[0] + 1
-            if newest is not None and before_sha256 is not None and newest[1] == before_sha256:
-                generation = newest[0]
-                conn.execute(
-                    "DELETE FROM rewrites WHERE post = ? AND generation = ?", (post, generation)
-                )
-            conn.execute(
-                "INSERT INTO rewrites VALUES (?, ?, ?, ?, ?)",
-                (post, generation, before_sha256, after_sha256, self._clock()),
-            )
-            conn.executemany(
-                "INSERT INTO spans VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (post, generation, seq, span.offset, span.old, span.new, source)
-                    for seq, (span, source) in enumerate(zip(spans, sources, strict=True))
-                ],
-            )
-        return generation
-
-    def spans_for(self, post: str) -> list[Rewrite]:
-        """Return the rewrites of ``post``, newest first: the order to undo them in."""
-        with self._lock, self._errors("reading spans"):
-            heads = self.conn.execute(
-                "SELECT generation, before_sha256, after_sha256, created FROM rewrites "
-                "WHERE post = ? ORDER BY generation DESC",
-                (post,),
-            ).fetchall()
-            spans: dict[int, list[RecordedSpan]] = {head[0]: [] for head in heads}
-            sql = """SELECT generation, offset, old, new, source FROM spans WHERE post = ?
-                ORDER BY generation, seq"""
-            for generation, *rest in self.conn.execute(sql, (post,)):
-                spans[generation].append(RecordedSpan(*rest))
-        return [
-            Rewrite(post, g, before, after, created, tuple(spans[g]))
-            for g, before, after, created in heads
-        ]
-
-    def forget_rewrite(self, post: str, generation: int) -> None:
-        """Drop one generation of ``post``'s rewrites, once it is undone or never landed."""
-        with self.transaction() as conn, self._errors("forgetting a rewrite"):
-            conn.execute(
-                "DELETE FROM rewrites WHERE post = ? AND generation = ?", (post, generation)
-            )
-
-    def catalog(self) -> list[CatalogRow]:
-        """Return every source and open-mode row with its object, for ``serve``'s URL map."""
-        sql = """SELECT s.source, s.status, s.sha256, o.ext, o.bytes, o.format FROM sources s
-            LEFT JOIN objects o ON o.sha256 = s.sha256
-            UNION ALL SELECT v.source, 'served', v.sha256, o.ext, o.bytes, o.format FROM served v
-            JOIN objects o ON o.sha256 = v.sha256"""
-        with self._lock, self._errors("reading the catalog"):
-            return [CatalogRow(*values) for values in self.conn.execute(sql)]
-
-    def record_served(self, source: str, result: SourceResult) -> None:
-        """Record what open mode fetched for a URL no post names (``result`` is mirrored)."""
-        if result.status != "mirrored":
-            raise ValueError(f"only a mirrored result is served, not {result.status!r}")
-        now = self._clock()
-        obj = (result.sha256, result.ext, result.size, result.format, result.width, result.height)
-        with self.transaction() as conn, self._errors("recording a served object"):
-            conn.execute(
-                "INSERT INTO objects VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (*obj, now),
-            )
-            conn.execute(
-                "INSERT OR REPLACE INTO served VALUES (?, ?, ?)", (source, result.sha256, now)
-            )
-
-    def touch_served(self, seen: Mapping[str, float]) -> None:
-        """Note when open-mode sources were last served (one batch, one transaction)."""
-        sql = "UPDATE served SET last_served = MAX(last_served, ?) WHERE source = ?"
-        with self.transaction() as conn, self._errors("noting served objects"):
-            conn.executemany(sql, [(when, source) for source, when in seen.items()])
-
-    def evict_served(self, max_bytes: int) -> list[tuple[str, str]]:
-        """
-        Forget the least recently served open-mode objects beyond ``max_bytes`` in all.
-
-        Objects a ``sources`` row names or a live pin holds are never candidates. Returns
-        ``(sha256, ext)`` of the objects forgotten; the caller deletes their files *after* this
-        commits, so no row ever names a missing file.
-        """
-        with self.transaction():
-            evicted = self.evict_plan(max_bytes)
-            self.drop_objects(sha for sha, _ext in evicted)
-        return evicted
-
-    def objects(self) -> list[ObjectRow]:
-        """Return every ``objects`` row, by sha256, with the sources and served URLs naming it."""
-        # One statement, so one consistent snapshot even beside a writer.
-        sql = """SELECT o.sha256, o.ext, o.bytes,
-            (SELECT json_group_array(s.source) FROM sources s WHERE s.sha256 = o.sha256),
-            (SELECT json_group_array(v.source) FROM served v WHERE v.sha256 = o.sha256)
-            FROM objects o ORDER BY o.sha256"""
-        with self._lock, self._errors("reading objects"):
-            rows = self.conn.execute(sql).fetchall()
-        return [
-            ObjectRow(sha, ext, size, tuple(sorted(json.loads(by))), tuple(sorted(json.loads(sv))))
-            for sha, ext, size, by, sv in rows
-        ]
-
-    def forget_objects(self, reasons: Mapping[str, str]) -> int:
-        """
-        Forget objects (sha256 -> reason) so that the sources naming them are fetched again.
-
-        Each ``sources`` row naming one becomes ``failed`` with that reason, without object,
-        validators or backoff (``next_attempt`` NULL: due at once); the ``served`` rows naming
-        one and its ``objects`` row are deleted; every post is due again, so the stat fast path
-        does not skip a post that now lacks a reference. One transaction. The caller deletes the
-        files *after* this commits, so no row ever names a missing file. Returns how many
-        sources were marked.
-        """
-        sql = """UPDATE sources SET status = 'failed', reason = ?, sha256 = NULL,
-            fetched_from = NULL, via = NULL, etag = NULL, last_modified = NULL, next_attempt = NULL
-            WHERE sha256 = ?"""
-        marked = 0
-        with self.transaction() as conn, self._errors("forgetting objects"):
-            for sha256, reason in reasons.items():
-                marked += conn.execute(sql, (reason, sha256)).rowcount
-                conn.execute("DELETE FROM served WHERE sha256 = ?", (sha256,))
-                conn.execute("DELETE FROM objects WHERE sha256 = ?", (sha256,))
-            if reasons:
-                conn.execute("UPDATE posts SET next_check = 0")
-        return marked
-
-    def host_profile(self, host: str) -> str | None:
-        """Return the request profile that last worked for ``host``, or None."""
-        with self._lock, self._errors("reading a host"):
-            found = self.conn.execute("SELECT profile FROM hosts WHERE host = ?", (host,))
-            row = found.fetchone()
-        return None if row is None else row[0]
-
-    def record_host_profile(self, host: str, profile: str | None) -> None:
-        """Remember which request profile worked for ``host`` (None: the default request)."""
-        sql = "INSERT OR REPLACE INTO hosts VALUES (?, ?, ?)"
-        with self.transaction() as conn, self._errors("recording a host"):
-            conn.execute(sql, (host, profile, self._clock()))
-
     # --- the seam's additions (mirror.manifest.base); SQLiteManifest awaits these -------------
 
     def schema_version(self) -> int:
@@ -967,144 +497,3 @@ class Manifest:
             finally:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-
-    @staticmethod
-    def _cursor(conn: sqlite3.Connection) -> int:
-        found = conn.execute(_CURSOR_SQL).fetchone()
-        return 0 if found is None else int(found[0])
-
-    def change_cursor(self) -> int:
-        """Return the change feed's cursor: one cheap query, for polling."""
-        with self._lock, self._errors("reading the change cursor"):
-            return self._cursor(self.conn)
-
-    def catalog_snapshot(self) -> tuple[list[CatalogRow], int]:
-        """Return :meth:`catalog` and the change cursor it is current at."""
-        with self._snapshot("reading the catalog"):
-            return self.catalog(), self._cursor(self.conn)
-
-    def catalog_changes(self, since: int) -> tuple[list[CatalogRow], list[str], int]:
-        """
-        Return the catalog rows of the sources changed after ``since``, those now gone, the cursor.
-
-        Raises:
-            CursorExpired: ``since`` is older than the trimmed log or newer than the cursor.
-        """
-        with self._snapshot("reading catalog changes") as conn:
-            cursor = self._cursor(conn)
-            horizon: int = conn.execute("SELECT seq FROM catalog_horizon").fetchone()[0]
-            if since < horizon or since > cursor:
-                raise CursorExpired(
-                    f"manifest {self.path}: change cursor {since} is outside {horizon}..{cursor}"
-                )
-            sql = "SELECT DISTINCT source FROM catalog_log WHERE seq > ?"
-            changed = [source for (source,) in conn.execute(sql, (since,))]
-            rows: list[CatalogRow] = []
-            for start in range(0, len(changed), _CHUNK // 2):
-                chunk = changed[start : start + _CHUNK // 2]
-                marks = ",".join("?" * len(chunk))
-                found = conn.execute(_CATALOG_OF_SQL.format(marks=marks), chunk + chunk)
-                rows += (CatalogRow(*values) for values in found)
-        present = {row.source for row in rows}
-        return rows, [source for source in changed if source not in present], cursor
-
-    def report_rows(self) -> ReportRows:
-        """Return what ``mirror report`` shows, from one snapshot."""
-        with self._snapshot("reading the report") as conn:
-            sql = "SELECT source, status, reason, sha256, attempts, failures FROM sources"
-            sources = tuple(
-                ReportSource(source, status, reason, sha, load_attempts(tried), failures)
-                for source, status, reason, sha, tried, failures in conn.execute(sql)
-            )
-            sql = "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM objects"
-            count, total = conn.execute(sql).fetchone()
-            sql = """SELECT o.sha256, o.ext, o.bytes, o.width, o.height FROM objects o
-                WHERE EXISTS (SELECT 1 FROM sources s WHERE s.sha256 = o.sha256
-                AND s.status = 'mirrored') ORDER BY o.created, o.sha256"""
-            gallery = tuple(GalleryObject(*values) for values in conn.execute(sql))
-        return ReportRows(sources, count, total, gallery)
-
-    def pin(self, sha256s: Iterable[str], holder: str, until: float) -> set[str]:
-        """Pin objects for ``holder`` until ``until``; return those that have no object."""
-        wanted = list(dict.fromkeys(sha256s))
-        sql = """INSERT INTO pins VALUES (?, ?, ?)
-            ON CONFLICT (sha256, holder) DO UPDATE SET until = excluded.until"""
-        missing = set(wanted)
-        with self.transaction() as conn, self._errors("pinning objects"):
-            conn.executemany(sql, [(sha, holder, until) for sha in wanted])
-            for start in range(0, len(wanted), _CHUNK):
-                chunk = wanted[start : start + _CHUNK]
-                marks = ",".join("?" * len(chunk))
-                found = conn.execute(f"SELECT sha256 FROM objects WHERE sha256 IN ({marks})", chunk)
-                missing.difference_update(sha for (sha,) in found)
-        return missing
-
-    def unpin(self, holder: str) -> None:
-        """Drop every pin of ``holder``."""
-        with self.transaction() as conn, self._errors("unpinning objects"):
-            conn.execute("DELETE FROM pins WHERE holder = ?", (holder,))
-
-    def evict_plan(self, max_bytes: int) -> list[tuple[str, str]]:
-        """
-        Return ``(sha256, ext)`` of the open-mode objects beyond ``max_bytes``, to evict.
-
-        Call it inside :meth:`transaction` and forget them with :meth:`drop_objects` in the same
-        one, so nothing can pin or name them in between. Expired pins are dropped here.
-        """
-        now = self._clock()
-        with self.transaction() as conn, self._errors("evicting served objects"):
-            conn.execute("DELETE FROM pins WHERE until <= ?", (now,))
-            kept = 0
-            evicted: list[tuple[str, str]] = []
-            for sha256, ext, size in conn.execute(_EVICTABLE_SQL, (now,)).fetchall():
-                kept += size
-                if kept > max_bytes:
-                    evicted.append((sha256, ext))
-        return evicted
-
-    def drop_objects(self, sha256s: Iterable[str]) -> None:
-        """Delete the ``served`` and ``objects`` rows of evicted objects."""
-        shas = list(sha256s)
-        with self.transaction() as conn, self._errors("evicting served objects"):
-            for start in range(0, len(shas), _CHUNK):
-                chunk = shas[start : start + _CHUNK]
-                marks = ",".join("?" * len(chunk))
-                conn.execute(f"DELETE FROM served WHERE sha256 IN ({marks})", chunk)
-                conn.execute(f"DELETE FROM objects WHERE sha256 IN ({marks})", chunk)
-
-    def lease(self, key: str, holder: str, ttl: float) -> bool:
-        """Take or renew the lease ``key`` for ``ttl`` seconds; tell whether ``holder`` has it."""
-        now = self._clock()
-        sql = """INSERT INTO leases VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE
-            SET holder = excluded.holder, until = excluded.until
-            WHERE leases.until <= ? OR leases.holder = excluded.holder"""
-        with self.transaction() as conn, self._errors("taking a lease"):
-            taken = conn.execute(sql, (key_hash(key), holder, now + ttl, now)).rowcount
-        return taken == 1
-
-    def release(self, key: str, holder: str) -> None:
-        """Give the lease ``key`` back if ``holder`` has it."""
-        sql = "DELETE FROM leases WHERE key = ? AND holder = ?"
-        with self.transaction() as conn, self._errors("releasing a lease"):
-            conn.execute(sql, (key_hash(key), holder))
-
-    def lease_held(self, key: str) -> float | None:
-        """Return until when someone holds the lease ``key``, or None when it is free."""
-        sql = "SELECT until FROM leases WHERE key = ? AND until > ?"
-        with self._lock, self._errors("reading a lease"):
-            found = self.conn.execute(sql, (key_hash(key), self._clock())).fetchone()
-        return None if found is None else float(found[0])
-
-    def negative_get(self, key: str) -> NegativeEntry | None:
-        """Return the remembered failure of ``key`` (expired or not), or None."""
-        sql = "SELECT until, count, status, reason FROM negative WHERE key = ?"
-        with self._lock, self._errors("reading the negative cache"):
-            found = self.conn.execute(sql, (key_hash(key),)).fetchone()
-        return None if found is None else NegativeEntry(*found)
-
-    def negative_put(self, key: str, until: float, count: int, status: int, reason: str) -> None:
-        """Remember a failure of ``key`` until ``until``; trim entries long expired."""
-        sql = "INSERT OR REPLACE INTO negative VALUES (?, ?, ?, ?, ?)"
-        with self.transaction() as conn, self._errors("writing the negative cache"):
-            conn.execute("DELETE FROM negative WHERE until < ?", (self._clock() - NEGATIVE_KEPT,))
-            conn.execute(sql, (key_hash(key), until, count, status, reason))
