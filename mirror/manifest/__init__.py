@@ -4,7 +4,9 @@ The manifest: what every source URL became, which objects exist, and how posts w
 :class:`~mirror.manifest.base.Manifest` (in :mod:`mirror.manifest.base`) is the async seam;
 :func:`open_manifest` builds the backend ``[manifest] url`` names: the embedded SQLite file
 (:mod:`mirror.manifest.sqlite_async` over :mod:`mirror.manifest.sqlite`) or a PostgreSQL
-database (:mod:`mirror.manifest.postgres`, which alone imports psycopg). The synchronous
+database (:mod:`mirror.manifest.postgres` and its ``postgres_*`` parts, which alone import
+psycopg). Each backend's class is composed of mixins by job (``*_sources``, ``*_posts``,
+``*_serve``); its schema and migrations stay in the backend's main module. The synchronous
 :class:`Manifest` of :mod:`mirror.manifest.sqlite` is what the commands use until they switch.
 """
 
