@@ -304,14 +304,14 @@ def test_dockerignore_keeps_the_build_inputs() -> None:
         for line in (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    for kept in ("pyproject.toml", "README.md", "mirror/cli.py", "mirror/py.typed"):
+    for kept in ("pyproject.toml", "README.md", "mirror/cli/__init__.py", "mirror/py.typed"):
         assert not _ignored(kept, patterns), kept
     for dropped in (
         "cache/manifest.sqlite3",
         ".git/HEAD",
         "mirror-demo/posts/a.md",
         "tests/data/posts/a.md",
-        "mirror/__pycache__/cli.cpython-311.pyc",
+        "mirror/cli/__pycache__/parser.cpython-311.pyc",
         "mirror.egg-info/PKG-INFO",
         "source/_posts/a.md",
     ):
