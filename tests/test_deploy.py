@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fnmatch
-import hashlib
 import http.client
 import json
 import os
@@ -32,12 +31,12 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import store_object
 
 from mirror.catalog import mime_for
 from mirror.cli import build_parser, main
 from mirror.manifest import Manifest, SourceResult, manifest_path
 from mirror.response import IMMUTABLE, SAFE_HEADERS
-from mirror.store import LocalStore
 from mirror.verify import KINDS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -497,8 +496,7 @@ def wait_ready(port: int, path: str, deadline: float, process: Started) -> None:
 
 def remember(root: Path, source: str, data: bytes) -> str:
     """Store ``data`` and record ``source`` as mirrored to it, as `mirror run` would."""
-    sha = hashlib.sha256(data).hexdigest()
-    LocalStore(root).put(data, sha, "png")
+    sha = store_object(root, data, "png")
     result = SourceResult(source, "mirrored", sha256=sha, ext="png", size=len(data))
     result = dataclasses.replace(result, format="PNG", width=64, height=48)
     with Manifest(manifest_path(root)) as manifest:

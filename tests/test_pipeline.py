@@ -28,7 +28,7 @@ from PIL import Image
 from mirror.cli import main
 from mirror.errors import ExitStatus
 from mirror.manifest import Manifest, manifest_path
-from mirror.store import local as store_module
+from mirror.store import staging as staging_module
 
 WRAP = "http://proxy.example/?"
 
@@ -327,10 +327,23 @@ def test_full_disk_stops_the_run_cleanly(
     text = post_text("/good/full.jpg")
     (posts / "full.md").write_text(text, encoding="utf-8")
 
-    def full(fd: int, data: bytes) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
+    class FullFile(io.FileIO):
+        """A staged file on a full disk: every write fails as the kernel would."""
 
-    monkeypatch.setattr(store_module, "write_all", full)
+        def write(self, data: object) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    class FullOs:
+        """The os module as the staging area sees it, but its files are on a full disk."""
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(os, name)
+
+        @staticmethod
+        def fdopen(fd: int, mode: str) -> FullFile:
+            return FullFile(fd, "r+")
+
+    monkeypatch.setattr(staging_module, "os", FullOs())
     assert ExitStatus.FAILED == main(["run", *opts, str(posts)])
     assert "disk is full" in capsys.readouterr().err
     assert text == (posts / "full.md").read_text(encoding="utf-8")

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 from mirror.cli.options import with_options
 from mirror.cli.parser import build_parser
-from mirror.config import Config, load_config, with_public_wrapper
+from mirror.config import Config, load_config, with_manifest_beside, with_public_wrapper
 from mirror.errors import ExitStatus, MirrorError
 from mirror.log import configure_logging
 
@@ -44,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # Posts already pointed at serve.public_url must keep counting as wrapped in every command.
         config = with_public_wrapper(with_options(load_config(args.config), args))
+        config = with_manifest_beside(config, args.config)
         handler: Handler = args.handler
         return handler(args, config)
     except MirrorError as exc:

@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from mirror.cli.options import absolute_paths, check_paths
-from mirror.config import Config
+from mirror.config import Config, ManifestConfig, StoreConfig, sqlite_manifest
 from mirror.errors import ExitStatus, MirrorError, StoreError, UsageError
 from mirror.lock import LockedError, StoreLock, command_line
-from mirror.manifest import manifest_path
 from mirror.marker import check_out, check_store, mark_out, mark_store, prepare_demo_dir
 
 if TYPE_CHECKING:
@@ -39,7 +38,7 @@ def print_summary(
 ) -> None:
     from mirror.summary import plan, run_summary
 
-    lines = plan(summary, job.config.store.path, empty) if job.dry_run else []
+    lines = plan(summary, job.config.store.location, empty) if job.dry_run else []
     lines += run_summary(
         summary, seconds, rewrite=job.rewrite, dry_run=job.dry_run, raw=job.config.scan.raw
     )
@@ -73,13 +72,14 @@ async def _once(args: argparse.Namespace, config: Config, *, rewrite: bool) -> E
     started = time.monotonic()
     dry_run = getattr(args, "dry_run", False)
     out = getattr(args, "out", None)
-    root = Path(config.store.path)
-    empty = not manifest_path(root).is_file()
+    empty = not sqlite_manifest(config).is_file()
     paths = args.paths
     with contextlib.ExitStack() as stack:
         if not dry_run:
-            mark_store(root)
-            stack.enter_context(StoreLock(root, command_line()))
+            if config.store.scheme == "file":
+                mark_store(Path(config.store.path))
+            # Beside the manifest: the store's own folder for a local store.
+            stack.enter_context(StoreLock(config.home, command_line()))
             if out is not None:
                 mark_out(out)
             elif rewrite:
@@ -154,7 +154,8 @@ def _job(args: argparse.Namespace, config: Config, *, rewrite: bool) -> ExitStat
     if dry_run and args.report is not None and str(args.report) == "-":
         raise UsageError("--report - and --dry-run both write to stdout: give --report a FILE")
     check_paths(args.paths, config)
-    check_store(Path(config.store.path), create=config.store.create, makes_missing=True)
+    if config.store.scheme == "file":
+        check_store(Path(config.store.path), create=config.store.create, makes_missing=True)
     if out is not None:
         check_out(out, args.paths)
     if getattr(args, "every", None) is not None:
@@ -195,8 +196,11 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> ExitStatus:
             network = dataclasses.replace(
                 config.network, connect_to=origin.connect_to, cacert=str(origin.cacert)
             )
-            store = dataclasses.replace(config.store, path=str(work / "cache"))
-            demo_config = dataclasses.replace(config, network=network, store=store)
+            # Always a local store in the demo's folder, with its manifest inside.
+            store = StoreConfig(url=str(work / "cache"), durability=config.store.durability)
+            demo_config = dataclasses.replace(
+                config, network=network, store=store, manifest=ManifestConfig()
+            )
             with (work / "report.jsonl").open("w", encoding="utf-8") as report:
                 job = Job(demo_config, rewrite=True, report=report)
                 summary = await run_job(job, absolute_paths([work / "posts"]), args.quiet)

@@ -64,7 +64,7 @@ def with_options(config: Config, args: argparse.Namespace) -> Config:
     store, fetch, network, rewrite = config.store, config.fetch, config.network, config.rewrite
     option = vars(args).get
     if option("store") is not None:
-        store = override(store, "--store", path=str(args.store))
+        store = override(store, "--store", url=str(args.store), path="")
     if option("create"):
         store = dataclasses.replace(store, create=True)
     if option("jobs") is not None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mirror import __version__, helptext
-from mirror.cli.care import cmd_export, cmd_gc, cmd_report, cmd_verify
+from mirror.cli.care import cmd_export, cmd_gc, cmd_report, cmd_sync, cmd_verify
 from mirror.cli.job import cmd_demo, cmd_fetch, cmd_run
 from mirror.cli.options import (
     base_url,
@@ -42,7 +42,9 @@ def _command(
 
 def _store_option(parser: argparse.ArgumentParser, create: bool = False) -> None:
     parser.add_argument(
-        "--store", type=Path, metavar="DIR", help="store folder (default: store.path, ./cache)"
+        "--store",
+        metavar="STORE",
+        help="store folder or URL, e.g. s3://bucket/prefix (default: store.url, ./cache)",
     )
     if create:
         parser.add_argument(
@@ -234,12 +236,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     exporter = _command(sub, "export", [common])
     _store_option(exporter)
-    exporter.add_argument("dir", type=Path, metavar="DIR", help="writes DIR/objects/<ab>/...")
+    exporter.add_argument(
+        "dir", type=Path, metavar="DIR", help="writes DIR/<ab>/<sha256>.<ext> (rewrite.base_url's)"
+    )
     exporter.add_argument(
         "paths", nargs="*", type=Path, metavar="PATH", help="only what these posts need"
     )
     exporter.add_argument("--link", action="store_true", help="hard-link instead of copying")
     exporter.set_defaults(handler=cmd_export)
+
+    syncer = _command(sub, "sync", [common])
+    syncer.add_argument("src", metavar="SRC", help="the store to copy from: a folder or a URL")
+    syncer.add_argument("dst", metavar="DST", help="the store to fill: a folder or a URL")
+    syncer.add_argument(
+        "--create", action="store_true", help="make DST in a folder that is no store yet"
+    )
+    syncer.add_argument("--dry-run", action="store_true", help="list what would be copied")
+    syncer.set_defaults(handler=cmd_sync)
 
     report = _command(sub, "report", [common])
     report.add_argument(

@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 from mirror.cli.options import absolute_paths, check_paths, print_diff
-from mirror.config import Config, with_public_wrapper
+from mirror.config import Config, sqlite_manifest, with_public_wrapper
 from mirror.errors import ExitStatus, UsageError
 from mirror.extract import Extractor
 from mirror.lock import StoreLock, command_line
-from mirror.manifest import Manifest, manifest_path
+from mirror.manifest import Manifest
 from mirror.marker import check_folder, check_out, check_store, is_store, mark_out, mark_store
 from mirror.rewrite import rewrap, rewrite
 from mirror.scan import iter_posts, write_recorded
@@ -36,11 +36,11 @@ def _load_map(path: Path) -> dict[str, str]:
 
 
 def _manifest_mapping(config: Config) -> dict[str, str]:
-    path = manifest_path(Path(config.store.path))
+    path = sqlite_manifest(config)
     if not path.is_file():
         raise UsageError(f"no --map given and no manifest at {path}: run `mirror fetch` first")
     with Manifest(path, readonly=True) as manifest:
-        return manifest.mirrored_mapping(config.rewrite.base_url)
+        return manifest.mirrored_mapping(config.base_url)
 
 
 def _rewrap_base(args: argparse.Namespace) -> str | None:
@@ -54,23 +54,28 @@ def _rewrap_base(args: argparse.Namespace) -> str | None:
         raise UsageError(f"--rewrap: {exc}") from exc
 
 
-def _recording_store(args: argparse.Namespace, config: Config, mapped: bool) -> Path | None:
+def _recording_manifest(args: argparse.Namespace, config: Config, mapped: bool) -> Path | None:
     """
-    The store an in-place rewrite records its spans in (for ``--revert``), or None for none.
+    The manifest an in-place rewrite records its spans in (for ``--revert``), or None for none.
 
     From the manifest's mapping the store exists already. With ``--map`` or ``--rewrap`` no
     store is needed: one that exists is used; none is made unless asked (--store, --create).
     """
+    path = sqlite_manifest(config)
+    if config.store.scheme != "file":
+        return None if mapped and not path.is_file() and not config.store.create else path
     root = Path(config.store.path)
     if mapped and not is_store(root) and args.store is None and not config.store.create:
         return None
     check_store(root, create=config.store.create, makes_missing=False)
-    return root
+    mark_store(root)
+    return path
 
 
 def cmd_rewrite(args: argparse.Namespace, config: Config) -> ExitStatus:
     """Rewrite mapped (or, with --rewrap, wrapped) references in place, into --out, or as a diff."""
-    check_folder(Path(config.store.path))
+    if config.store.scheme == "file":
+        check_folder(Path(config.store.path))
     if args.revert:
         return _revert(args, config)
     check_paths(args.paths, config)
@@ -92,16 +97,13 @@ def cmd_rewrite(args: argparse.Namespace, config: Config) -> ExitStatus:
     with contextlib.ExitStack() as stack:
         manifest = None
         if not args.dry_run and args.out is None:
-            root = _recording_store(args, config, base is not None or args.map is not None)
-            if root is None:
-                unrecorded = Path(config.store.path)
+            path = _recording_manifest(args, config, base is not None or args.map is not None)
+            if path is None:
+                unrecorded = config.store.location
             else:
                 # In place: under the store lock, and recorded so `--revert` can undo it.
-                mark_store(root)
-                stack.enter_context(StoreLock(root, command_line()))
-                manifest = stack.enter_context(
-                    Manifest(manifest_path(root), durability=config.store.durability)
-                )
+                stack.enter_context(StoreLock(config.home, command_line()))
+                manifest = stack.enter_context(Manifest(path, durability=config.store.durability))
                 paths = absolute_paths(paths)
         elif not args.dry_run:
             mark_out(args.out)
@@ -148,7 +150,6 @@ def _revert(args: argparse.Namespace, config: Config) -> ExitStatus:
     if args.map is not None or args.rewrap is not None or args.out is not None:
         raise UsageError("--revert cannot be combined with --map, --rewrap or --out")
     check_paths(args.paths, config)
-    check_folder(Path(config.store.path))
     paths = absolute_paths(args.paths)
     result = revert(config, paths, show=print_diff if args.dry_run else None)
     print(result.summary(args.dry_run), file=sys.stderr)

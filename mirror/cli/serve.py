@@ -22,10 +22,11 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> ExitStatus:
         if value is not None:
             serve = override(serve, "--" + name.replace("_", "-"), **{name: value})
     config = dataclasses.replace(config, serve=serve)
-    if args.worker_of is None:
+    if args.worker_of is None and config.store.scheme == "file":
         # Workers get their owner's checked config; only the process that was started checks.
         # Open mode fills its store by itself, so it may start one; the closed world serves
-        # only what a store holds, and a missing one is surely a mistyped --store.
+        # only what a store holds, and a missing one is surely a mistyped --store. A bucket is
+        # checked by the first request, and /readyz.
         root = Path(config.store.path)
         check_store(root, create=config.store.create, makes_missing=config.serve.open)
         mark_store(root)
