@@ -442,3 +442,29 @@ def test_sigkill_mid_run_then_rerun_matches_uninterrupted(
         )
         assert 0 == done.returncode, name
     assert _state(*trees["clean"]) == _state(*trees["killed"])
+
+
+def test_a_rerun_asks_the_store_once_per_object(
+    setup: tuple[Path, Path, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many references to the same objects cost one store.stat per object per run, not each."""
+    from mirror.store.local import FolderStore
+
+    posts, _config, opts = setup
+    for n in range(6):
+        (posts / f"p{n}.md").write_text(post_text("/good/s1.jpg", "/good/s2.jpg"), encoding="utf-8")
+    assert ExitStatus.OK == main(["fetch", *opts, str(posts)])
+    asked: list[str] = []
+    real = FolderStore.stat
+
+    async def counted(self: FolderStore, sha256: str, ext: str) -> object:
+        asked.append(sha256)
+        return await real(self, sha256, ext)
+
+    monkeypatch.setattr(FolderStore, "stat", counted)
+    for post in posts.iterdir():
+        # Edited, so the rerun reads every post instead of skipping it as unchanged.
+        post.write_text(post.read_text(encoding="utf-8") + "\nmore\n", encoding="utf-8")
+    assert ExitStatus.OK == main(["fetch", *opts, str(posts)])
+    stored = sorted(p.name.split(".")[0] for p in (posts.parent / "cache" / "objects").rglob("*.*"))
+    assert stored == sorted(asked)
