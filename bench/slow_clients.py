@@ -25,8 +25,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from mirror.config import Config, StoreConfig
 from mirror.manifest import Manifest, SourceResult, manifest_path
-from mirror.store import LocalStore
+from mirror.store import open_store
 
 SOURCE = "http://static.1sapp.example/qupost/img/big.jpeg"
 
@@ -39,7 +40,12 @@ def make_store(root: Path, rng: random.Random) -> int:
     noise.save(out, "JPEG", quality=85)
     data = out.getvalue()
     sha = hashlib.sha256(data).hexdigest()
-    LocalStore(root).put(data, sha, "jpg")
+
+    async def put() -> None:
+        async with open_store(Config(store=StoreConfig(url=str(root)))) as store:
+            await store.put(data, sha, "jpg", "image/jpeg")
+
+    asyncio.run(put())
     result = SourceResult(SOURCE, "mirrored", sha256=sha, ext="jpg", size=len(data), format="JPEG")
     with Manifest(manifest_path(root)) as manifest:
         manifest.record_results([result])

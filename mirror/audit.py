@@ -25,28 +25,32 @@ too unless a post names it, once it is an hour old (``serve``, which takes no st
 between writing a file and recording its row), and only when its bytes hash to its name: that
 proves mirror wrote it; any other file is left alone and counted. Rows are committed before files
 are unlinked, so no row ever names a missing file.
+
+Both work on any store through its protocol (:class:`~mirror.store.ObjectStore`): objects are
+listed with ``objects()``, re-hashed by streaming them (never held whole), deleted with
+``delete()``; ``gc --apply`` ends with ``cleanup()``, which also aborts a bucket's stale
+multipart uploads.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mirror.config import Config
+from mirror.config import Config, sqlite_manifest
 from mirror.errors import ExitStatus, StoreError, UsageError
 from mirror.extract import Extractor
 from mirror.lock import StoreLock, command_line
-from mirror.manifest import Manifest, ObjectRow, manifest_path
+from mirror.manifest import Manifest, ObjectRow
 from mirror.marker import mark_store
 from mirror.rewrite import decode
 from mirror.scan import iter_posts
-from mirror.store import LocalStore
+from mirror.store import ObjectInfo, ObjectStore, open_store
 
 # A file no row names is left alone this long: a writer without the store lock (serve) may be
 # between the object's rename and its row's commit.
@@ -61,27 +65,50 @@ def size_text(size: int) -> str:
 
 
 @contextlib.contextmanager
-def open_store(config: Config, *, write: bool) -> Iterator[tuple[LocalStore, Manifest]]:
+def care_manifest(config: Config, *, write: bool) -> Iterator[Manifest]:
     """
-    Open an existing store's objects and manifest; with ``write``, under the store lock.
+    Open an existing store's manifest; with ``write``, under the store lock.
 
     Raises:
         UsageError: the store has no manifest (most likely a wrong ``--store``).
         LockedError: ``write`` and another mirror holds the store lock.
     """
-    root = Path(config.store.path)
-    path = manifest_path(root)
+    path = sqlite_manifest(config)
     if not path.is_file():
-        raise UsageError(f"no manifest at {path}: is --store (store.path) right?")
+        raise UsageError(f"no manifest at {path}: is --store (store.url) right?")
     with contextlib.ExitStack() as stack:
         if write:
-            mark_store(root)  # a store known by its manifest gets the marker on its next write
-            stack.enter_context(StoreLock(root, command_line()))
+            if config.store.scheme == "file":
+                # A store known by its manifest gets the marker on its next write.
+                mark_store(Path(config.store.path))
+            stack.enter_context(StoreLock(config.home, command_line()))
             manifest = Manifest(path, durability=config.store.durability)
         else:
             manifest = Manifest(path, readonly=True)
-        stack.enter_context(manifest)
-        yield LocalStore(root, config.store.durability), manifest
+        yield stack.enter_context(manifest)
+
+
+async def object_hash(store: ObjectStore, sha256: str, ext: str) -> str | None:
+    """
+    Return the sha256 of the object's bytes, streamed; None when it is not there (any more).
+
+    Raises:
+        StoreError: it exists but cannot be read.
+    """
+    digest = hashlib.sha256()
+    try:
+        async for chunk in store.stream(sha256, ext):
+            digest.update(chunk)
+    except StoreError:
+        if await store.stat(sha256, ext) is None:
+            return None  # removed meanwhile (serve's eviction, a gc)
+        raise
+    return digest.hexdigest()
+
+
+async def listing(store: ObjectStore) -> dict[tuple[str, str], ObjectInfo]:
+    """Return every object in the store by ``(sha256, ext)``, from one walk or listing."""
+    return {(info.sha256, info.ext): info async for info in store.objects()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,12 +138,6 @@ def find_references(paths: Sequence[Path], config: Config) -> References:
         objects.update((m[2], m[3]) for m in _LOCAL_URL.finditer(text) if m[2].startswith(m[1]))
     shas = frozenset(sha for sha, _ext in objects)
     return References(posts, frozenset(sources), frozenset(objects), shas)
-
-
-def _hash(path: Path) -> tuple[str, int]:
-    with path.open("rb") as file:
-        digest = hashlib.file_digest(file, "sha256").hexdigest()
-        return digest, os.fstat(file.fileno()).st_size
 
 
 def _named_by(row: ObjectRow) -> str:
@@ -181,7 +202,7 @@ class Audit:
         return out
 
 
-def verify(config: Config, *, repair: bool = False) -> Audit:
+async def verify(config: Config, *, repair: bool = False) -> Audit:
     """
     Re-hash every object and check it against the manifest; with ``repair``, fix what can be.
 
@@ -189,49 +210,51 @@ def verify(config: Config, *, repair: bool = False) -> Audit:
         StoreError: an object cannot be read or removed.
         LockedError: ``repair`` and another mirror holds the store lock.
     """
-    with open_store(config, write=repair) as (store, manifest):
-        rows = {row.sha256: row for row in manifest.objects()}
-        audit = Audit(rows=len(rows))
-        found: set[tuple[str, str]] = set()
-        reasons: dict[str, str] = {}
-        corrupt: list[tuple[str, str]] = []
-        for sha, ext in store.iter_objects():
-            path = store.path(sha, ext)
-            try:
-                digest, size = _hash(path)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from exc
-            found.add((sha, ext))
-            audit.files += 1
-            audit.size += size
-            row = rows.get(sha)
-            named = row is not None and row.ext == ext
-            if digest != sha:
-                why = _named_by(row) if row is not None and named else "no manifest row names it"
-                detail = f"its bytes hash to {digest[:16]}...; {why}"
-                if named:
-                    # Only a file a row names is provably mirror's to delete.
-                    corrupt.append((sha, ext))
-                    reasons[sha] = "corrupt-object"
-                else:
-                    detail += "; left alone: nothing proves mirror wrote it"
-                audit.problems.append(Problem("corrupt", store.relpath(sha, ext), detail))
-            elif not named:
-                detail = "no manifest row names it"
-                audit.problems.append(Problem("stray", store.relpath(sha, ext), detail))
-        for row in rows.values():
-            if (row.sha256, row.ext) not in found:
-                reasons[row.sha256] = "missing-object"
-                file = store.relpath(row.sha256, row.ext)
-                audit.problems.append(Problem("missing", file, _named_by(row)))
-        audit.problems.sort(key=lambda p: (p.file, p.kind))
-        if repair:
-            audit.repaired = True
-            # Rows first, then files: no row may name a file that is gone.
-            audit.refetch = manifest.forget_objects(reasons)
-            audit.removed = sum(store.remove(sha, ext) for sha, ext in corrupt)
+    with care_manifest(config, write=repair) as manifest:
+        async with open_store(config) as store:
+            return await _verify(store, manifest, repair)
+
+
+async def _verify(store: ObjectStore, manifest: Manifest, repair: bool) -> Audit:
+    rows = {row.sha256: row for row in manifest.objects()}
+    audit = Audit(rows=len(rows))
+    found: set[tuple[str, str]] = set()
+    reasons: dict[str, str] = {}
+    corrupt: list[tuple[str, str]] = []
+    async for info in store.objects():
+        sha, ext = info.sha256, info.ext
+        digest = await object_hash(store, sha, ext)
+        if digest is None:
+            continue
+        found.add((sha, ext))
+        audit.files += 1
+        audit.size += info.size
+        row = rows.get(sha)
+        named = row is not None and row.ext == ext
+        if digest != sha:
+            why = _named_by(row) if row is not None and named else "no manifest row names it"
+            detail = f"its bytes hash to {digest[:16]}...; {why}"
+            if named:
+                # Only an object a row names is provably mirror's to delete.
+                corrupt.append((sha, ext))
+                reasons[sha] = "corrupt-object"
+            else:
+                detail += "; left alone: nothing proves mirror wrote it"
+            audit.problems.append(Problem("corrupt", store.key(sha, ext), detail))
+        elif not named:
+            detail = "no manifest row names it"
+            audit.problems.append(Problem("stray", store.key(sha, ext), detail))
+    for row in rows.values():
+        if (row.sha256, row.ext) not in found:
+            reasons[row.sha256] = "missing-object"
+            file = store.key(row.sha256, row.ext)
+            audit.problems.append(Problem("missing", file, _named_by(row)))
+    audit.problems.sort(key=lambda p: (p.file, p.kind))
+    if repair:
+        audit.repaired = True
+        # Rows first, then objects: no row may name an object that is gone.
+        audit.refetch = manifest.forget_objects(reasons)
+        audit.removed = sum([await store.delete(sha, ext) for sha, ext in corrupt])
     return audit
 
 
@@ -302,7 +325,7 @@ class Collection:
         ]
 
 
-def collect(config: Config, paths: Sequence[Path], *, apply: bool = False) -> Collection:
+async def collect(config: Config, paths: Sequence[Path], *, apply: bool = False) -> Collection:
     """
     Find the objects no post under ``paths`` needs; with ``apply``, delete them.
 
@@ -318,56 +341,50 @@ def collect(config: Config, paths: Sequence[Path], *, apply: bool = False) -> Co
     refs = find_references(paths, config)
     if refs.posts == 0:
         raise UsageError("no posts under the given PATHs: refusing to call every object garbage")
-    with open_store(config, write=apply) as (store, manifest):
-        rows = manifest.objects()
-        needed = set(refs.shas)
-        needed.update(row.sha256 for row in rows if row.served or refs.needs(row))
-        result = Collection(posts=refs.posts, kept=len(needed & {r.sha256 for r in rows}))
-        for row in rows:
-            if row.sha256 not in needed:
-                size = _size(store.path(row.sha256, row.ext))
-                file = store.relpath(row.sha256, row.ext)
-                result.garbage.append(Garbage(row.sha256, row.ext, file, size, True, row.sources))
-        named = {(row.sha256, row.ext) for row in rows}
-        cutoff = time.time() - STRAY_AGE
-        for sha, ext in store.iter_objects():
-            path = store.path(sha, ext)
-            if (sha, ext) in named or sha in needed or _mtime(path) > cutoff:
-                continue
-            file = store.relpath(sha, ext)
-            if not _named_for_its_bytes(path, sha):
-                result.foreign.append(file)
-                continue
-            result.garbage.append(Garbage(sha, ext, file, _size(path), False, ()))
-        result.garbage.sort(key=lambda g: g.file)
-        if apply:
-            result.applied = True
-            doomed = {g.sha256: "collected" for g in result.garbage if g.row}
-            # Rows first, then files: no row may name a file that is gone.
-            result.unmirrored = manifest.forget_objects(doomed)
-            for g in result.garbage:
-                store.remove(g.sha256, g.ext)
-            result.temp_removed = store.cleanup_temp()
+    with care_manifest(config, write=apply) as manifest:
+        async with open_store(config) as store:
+            return await _collect(store, manifest, refs, apply)
+
+
+async def _collect(
+    store: ObjectStore, manifest: Manifest, refs: References, apply: bool
+) -> Collection:
+    rows = manifest.objects()
+    needed = set(refs.shas)
+    needed.update(row.sha256 for row in rows if row.served or refs.needs(row))
+    result = Collection(posts=refs.posts, kept=len(needed & {r.sha256 for r in rows}))
+    stored = await listing(store)
+    for row in rows:
+        if row.sha256 not in needed:
+            info = stored.get((row.sha256, row.ext))
+            size = info.size if info is not None else 0
+            file = store.key(row.sha256, row.ext)
+            result.garbage.append(Garbage(row.sha256, row.ext, file, size, True, row.sources))
+    named = {(row.sha256, row.ext) for row in rows}
+    cutoff = time.time() - STRAY_AGE
+    for (sha, ext), info in stored.items():
+        if (sha, ext) in named or sha in needed or info.modified > cutoff:
+            continue
+        file = store.key(sha, ext)
+        if not await _named_for_its_bytes(store, sha, ext):
+            result.foreign.append(file)
+            continue
+        result.garbage.append(Garbage(sha, ext, file, info.size, False, ()))
+    result.garbage.sort(key=lambda g: g.file)
+    if apply:
+        result.applied = True
+        doomed = {g.sha256: "collected" for g in result.garbage if g.row}
+        # Rows first, then objects: no row may name an object that is gone.
+        result.unmirrored = manifest.forget_objects(doomed)
+        for g in result.garbage:
+            await store.delete(g.sha256, g.ext)
+        result.temp_removed = await store.cleanup(older_than=STRAY_AGE)
     return result
 
 
-def _named_for_its_bytes(path: Path, sha: str) -> bool:
-    """Tell whether the file's bytes hash to its name (so mirror wrote it); False if unreadable."""
+async def _named_for_its_bytes(store: ObjectStore, sha256: str, ext: str) -> bool:
+    """Tell whether its bytes hash to its name (so mirror wrote it); False when unreadable."""
     try:
-        return _hash(path)[0] == sha
-    except OSError:
+        return await object_hash(store, sha256, ext) == sha256
+    except StoreError:
         return False
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except FileNotFoundError:
-        return float("inf")

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from pathlib import Path
 from typing import BinaryIO
 
 import aiohttp
 
+from mirror.atomic import describe_os_error
 from mirror.config import FetchConfig
 from mirror.errors import StoreError, TooLarge, Truncated, UpstreamTimeout
 from mirror.rate import RateFloor
@@ -118,4 +120,4 @@ def _write(into: BinaryIO, chunk: bytes) -> None:
         into.write(chunk)
     except OSError as exc:
         # The caller's file, not the upstream: never reported (or retried) as a fetch failure.
-        raise StoreError(f"cannot write the download: {exc}") from exc
+        raise StoreError(describe_os_error(exc, Path("the download"))) from exc

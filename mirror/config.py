@@ -377,20 +377,31 @@ class ManifestConfig:
         return Path(self.url.removeprefix("sqlite://"))
 
 
+# What rewritten posts point at when rewrite.base_url is "" and the store has no public URL.
+DEFAULT_BASE_URL = "/mirror/"
+# The SQLite manifest of a remote store (s3://) without [manifest] url: beside config.toml.
+REMOTE_MANIFEST = "mirror.sqlite3"
+LOCAL_MANIFEST = "manifest.sqlite3"
+
+
 @dataclass(frozen=True, slots=True)
 class RewriteConfig:
-    """What rewritten posts point at."""
+    """What rewritten posts point at; ``base_url`` "" is :attr:`Config.base_url`'s default."""
 
-    base_url: str = "/mirror/"
+    base_url: str = ""
     on_failure: str = "keep"
     # For references in Markdown text, which must be absolute: the site a relative base_url is on.
     site_url: str = ""
 
     def __post_init__(self) -> None:
-        _need("rewrite.base_url", self.base_url.endswith("/"), "must end with '/'")
+        ends = not self.base_url or self.base_url.endswith("/")
+        _need("rewrite.base_url", ends, "must end with '/'")
         _one_of("rewrite.on_failure", self.on_failure, ("keep", "unwrap"))
         ok = not self.site_url or re.fullmatch(r"https?://[^/?#\s]+(?:/[^?#\s]*)?", self.site_url)
         _need("rewrite.site_url", bool(ok), 'must be "" or an absolute http(s) URL')
+
+
+SERVE_HITS = ("stream", "redirect")
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,8 +424,10 @@ class ServeConfig:
     refresh_interval: float = 1.0
     accel_redirect: str = ""
     access_log: str = ""
+    hits: str = "stream"
 
     def __post_init__(self) -> None:
+        _one_of("serve.hits", self.hits, SERVE_HITS)
         _need("serve.host", bool(self.host), "must not be empty")
         _need("serve.port", 0 <= self.port < 65536, f"{self.port} is not a TCP port")
         _need("serve.workers", 1 <= self.workers <= 64, "must be between 1 and 64")
@@ -452,6 +465,46 @@ class Config:
     rewrite: RewriteConfig = field(default_factory=RewriteConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     manifest: ManifestConfig = field(default_factory=ManifestConfig)
+
+    @property
+    def base_url(self) -> str:
+        """
+        Return what rewritten references start with: ``rewrite.base_url`` when set, else the
+        public base of an S3 store with ``store.s3.public_url``, else ``/mirror/``.
+        """
+        if self.rewrite.base_url:
+            return self.rewrite.base_url
+        store = self.store
+        if store.scheme == "s3" and store.s3.public_url:
+            return store.s3.public_url + (f"{store.prefix}/" if store.prefix else "")
+        return DEFAULT_BASE_URL
+
+    @property
+    def manifest_file(self) -> Path | None:
+        """
+        Return the SQLite manifest's file, or None for a PostgreSQL one: ``manifest.url``'s
+        path, else ``<store folder>/manifest.sqlite3`` for a local store, else (a remote
+        store) ``./mirror.sqlite3``; :func:`with_manifest_beside` puts that beside config.toml.
+        """
+        if self.manifest.scheme == "postgresql":
+            return None
+        if self.manifest.path is not None:
+            return self.manifest.path
+        if self.store.scheme == "file":
+            return Path(self.store.path) / LOCAL_MANIFEST
+        return Path(REMOTE_MANIFEST)
+
+    @property
+    def home(self) -> Path:
+        """
+        Return the local folder of the store's bookkeeping: the manifest's folder, where the
+        store lock lives (a local store's own folder by default); the working folder for a
+        PostgreSQL manifest of a remote store.
+        """
+        found = self.manifest_file
+        if found is not None:
+            return found.parent
+        return Path(self.store.path) if self.store.scheme == "file" else Path()
 
 
 @dataclass(frozen=True, slots=True)
@@ -558,6 +611,33 @@ def load_config(path: Path | None) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), f"not valid TOML: {exc}") from exc
     return config_from_mapping(data)
+
+
+def sqlite_manifest(config: Config) -> Path:
+    """
+    Return the SQLite manifest file the commands open (:attr:`Config.manifest_file`).
+
+    Raises:
+        ConfigError: ``manifest.url`` is PostgreSQL, which the commands do not open yet.
+    """
+    found = config.manifest_file
+    if found is None:
+        raise ConfigError("manifest.url", "a PostgreSQL manifest is not usable by the commands yet")
+    return found
+
+
+def with_manifest_beside(config: Config, config_file: Path | None) -> Config:
+    """
+    Give a remote store without ``[manifest] url`` its SQLite file beside the config file.
+
+    ``config_file`` is the file given with ``--config``; None means ``./config.toml`` or none,
+    both the working folder. A local store keeps ``<store>/manifest.sqlite3``.
+    """
+    if config.store.scheme == "file" or config.manifest.url:
+        return config
+    folder = config_file.parent if config_file is not None else Path()
+    manifest = ManifestConfig(url=str((folder / REMOTE_MANIFEST).absolute()))
+    return dataclasses.replace(config, manifest=manifest)
 
 
 def _wrapper_pattern(base: str) -> str:

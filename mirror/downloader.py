@@ -10,7 +10,10 @@ For each source URL the configured ``fetch.sources`` are tried in order:
 ``wayback``     the Internet Archive's raw copy, ``web.archive.org/web/<timestamp>id_/<url>``,
                 nearest the post's ``date:`` (else the latest)
 
-The first that delivers a verified image wins. When a host answers 403 or a placeholder of
+The first that delivers a verified image wins. Every candidate streams into one staged file per
+source (in the store's staging area, truncated by each attempt) while it is hashed and counted;
+verification reads that file, and :meth:`~mirror.store.ObjectStore.commit` moves it into the
+store, so no body is ever held whole in memory. When a host answers 403 or a placeholder of
 another size, the request profiles configured for it (Referer, User-Agent, headers) are tried
 in order; the one that worked is remembered per host (in the manifest) and tried first next
 time, and recorded per object as ``<source>/<profile>`` in ``via``.
@@ -30,6 +33,7 @@ none delivers, fail with ``host-down``, due again next run instead of eating thi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -38,13 +42,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mirror.config import Config, ProfileConfig
-from mirror.errors import FetchError, MirrorError, PolicyError, VerifyError
+from mirror.errors import FetchError, MirrorError, PolicyError, StoreError, VerifyError
 from mirror.failure import short
 from mirror.fetch import Fetcher, HostFilter
 from mirror.manifest import Attempt, Manifest, SourceResult
-from mirror.models import ImageRef, StoredObject
+from mirror.models import ImageInfo, ImageRef, StoredObject
 from mirror.source import host_allowed, hostname, origin_host
-from mirror.store import LocalStore
+from mirror.store import ObjectStore, Staged
 from mirror.verify import verify_async
 
 log = logging.getLogger("mirror.fetch")
@@ -152,7 +156,7 @@ class Downloader:
         self,
         config: Config,
         fetcher: Fetcher,
-        store: LocalStore,
+        store: ObjectStore,
         manifest: Manifest,
         clock: Callable[[], float] = time.time,
         *,
@@ -196,7 +200,7 @@ class Downloader:
         allow: HostFilter | None = None,
     ) -> Outcome:
         """
-        Try every candidate URL of ``source`` until one gives a verified image; store it.
+        Try every candidate URL of ``source`` until one gives a verified image; commit it.
 
         ``headers`` are sent with the origin request (conditional validators on a refresh);
         ``names`` overrides ``fetch.sources``; ``allow``, when given, must accept the host of
@@ -206,6 +210,19 @@ class Downloader:
         Raises:
             MirrorError: the store cannot be written (the run stops); never for a bad upstream.
         """
+        async with contextlib.AsyncExitStack() as stack:
+            return await self._download(stack, source, refs, context, headers, names, allow)
+
+    async def _download(
+        self,
+        stack: contextlib.AsyncExitStack,
+        source: str,
+        refs: list[ImageRef],
+        context: Context,
+        headers: dict[str, str],
+        names: tuple[str, ...] | None,
+        allow: HostFilter | None,
+    ) -> Outcome:
         host = origin_host(source)
         now = self.clock()
         sized = next((r for r in refs if r.declared and r.declared_kind != "display"), None)
@@ -213,6 +230,8 @@ class Downloader:
         kind = sized.declared_kind if sized else None
         attempts: list[Attempt] = []
         first: MirrorError | None = None
+        # One staged file per source, made on the first request and truncated by every attempt.
+        staged: Staged | None = None
         names = names or self.config.fetch.sources
         for name, url in candidates(names, source, refs, context, now):
             at_origin = name in ("origin", "https")
@@ -226,17 +245,20 @@ class Downloader:
                 if profile is not None:
                     home = source.split(host, 1)[0] + host + "/"
                     extra.update(profile.header_map(home))
+                if staged is None:
+                    staged = await stack.enter_async_context(self.store.staging())
                 try:
                     gate = (lambda: self._gate(host)) if at_origin else None
                     download = await self.fetcher.get(
-                        url, limit_key=host, headers=extra, gate=gate, allow=allow
+                        url, limit_key=host, headers=extra, gate=gate, allow=allow, into=staged.file
                     )
                     if download.status == 304:
                         attempts.append(Attempt(label, url, "not-modified"))
                         self._healthy(host)
                         return Outcome("mirrored", "not-modified", attempts=tuple(attempts))
-                    info = await verify_async(download.data, self.config.verify, declared, kind)
-                    obj = await self._put(download.data, download.sha256, info.ext)
+                    info = await self._verify(staged, declared, kind)
+                    # The manifest row comes after this returns: never a row without an object.
+                    obj = await self.store.commit(staged, download.sha256, info.ext, info.mime)
                 except (FetchError, VerifyError) as exc:
                     detail = short(exc.detail if isinstance(exc, FetchError) else str(exc))
                     attempts.append(Attempt(label, url, exc.reason, detail))
@@ -279,13 +301,15 @@ class Downloader:
         reason, code = (first.reason, first.http_status) if first else ("no-source", 404)
         return Outcome(status, reason, attempts=tuple(attempts), http_status=code)
 
-    async def _put(self, data: bytes, sha256: str, ext: str) -> StoredObject:
-        if self.store.durability == "power":
-            # fsyncs take milliseconds: never on the event loop.
-            return await asyncio.to_thread(self.store.put, data, sha256, ext)
-        # A rename-only put costs about 0.2 ms; a thread hop costs more, and the worker threads
-        # then fight the event loop for the GIL on every hash and send (measured).
-        return self.store.put(data, sha256, ext)
+    async def _verify(
+        self, staged: Staged, declared: tuple[int, int] | None, kind: str | None
+    ) -> ImageInfo:
+        """Verify the staged body from its file: it is on local disk, never whole in memory."""
+        try:
+            staged.file.flush()
+            return await verify_async(staged.path, self.config.verify, declared, kind)
+        except OSError as exc:
+            raise StoreError(f"cannot read the staged download {staged.path}: {exc}") from exc
 
     def _failed(self, host: str, reason: str) -> None:
         if not self.breaker or _HOST_LEVEL.fullmatch(reason) is None:

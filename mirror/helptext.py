@@ -122,9 +122,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "verify": (
         "re-hash and check the store",
-        "Re-hash every object file and compare the files with the manifest: missing, corrupt "
-        "and stray files, one line each on stdout. --repair deletes corrupt files the manifest "
-        "names and marks their sources (and the missing ones') for re-fetch.",
+        "Re-hash every object (streamed, from a folder or a bucket) and compare them with the "
+        "manifest: missing, corrupt and stray objects, one line each on stdout. --repair "
+        "deletes corrupt objects the manifest names and marks their sources (and the missing "
+        "ones') for re-fetch.",
         """\
   mirror verify
   mirror verify --repair --store /srv/mirror/cache""",
@@ -139,14 +140,28 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
   mirror gc --apply source/_posts other-blog/source/_posts""",
     ),
     "export": (
-        "copy objects to upload",
-        "Copy (--link: hard-link) into DIR/objects/<ab>/<sha256>.<ext> the objects the posts "
-        "under the PATHs need, or every object a source names when no PATH is given. A file "
-        "already there is kept when its bytes are the object's; one that is not is left alone "
-        "and reported. PATH is optional here.",
+        "copy objects to publish with the site",
+        "Copy (--link: hard-link, from a local store) into DIR/<ab>/<sha256>.<ext> the objects "
+        "the posts under the PATHs need, or every object a source names when no PATH is given: "
+        "DIR is the folder served at rewrite.base_url's path (/mirror/: a Hexo site's "
+        "source/mirror). Any store, folder or bucket. A file already there is kept when its "
+        "bytes are the object's; one that is not is left alone and reported. PATH is optional "
+        "here.",
         """\
-  mirror export public/ public_posts
-  mirror export --link /srv/www/""",
+  mirror export source/mirror source/_posts
+  mirror export --link /srv/www/mirror""",
+    ),
+    "sync": (
+        "copy objects between two stores",
+        "Copy into the store DST every object of the store SRC that DST lacks (folders, "
+        "file:/// or s3://bucket/prefix URLs; [store.s3] settings and credentials from the "
+        "environment apply to an s3:// side), streaming each through DST's staging area and "
+        "committing it only when its bytes hash to its name; one that does not is refused "
+        "(exit 1). Objects only: the manifest stays where it is. --dry-run lists what would be "
+        "copied.",
+        """\
+  mirror sync ./cache s3://my-bucket/mirror
+  mirror sync --dry-run s3://my-bucket/mirror ./restored""",
     ),
     "report": (
         "write a visual HTML report",
@@ -164,7 +179,7 @@ def epilog(command: str) -> str:
     """A command's epilog: what PATH means (when it takes one), examples, exit statuses."""
     _help, _description, examples = COMMANDS[command]
     parts = []
-    if command not in ("serve", "demo", "verify"):
+    if command not in ("serve", "demo", "verify", "sync"):
         parts.append(paragraph(PATH))
     parts.append("examples:\n" + examples)
     parts.append(exit_statuses())

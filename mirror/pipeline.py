@@ -7,8 +7,14 @@ of recent outcomes backed by the manifest), and never again once mirrored. A pos
 mtime and inode match the manifest's record of a finished post is not even read (the stat fast
 path); one that was only touched is hashed, not parsed. A post is rewritten only after all its
 references were attempted, and only its verified references change. Order of writes, so that a
-crash at any instant is safe: object file (atomic rename) → manifest row (committed) → rewrite
-spans (committed) → post (atomic rename) → the post's record for the fast path (committed).
+crash at any instant is safe: object (committed to the store: a rename, or an S3 upload that
+shows only once complete) → manifest row (committed) → rewrite spans (committed) → post (atomic
+rename) → the post's record for the fast path (committed).
+
+The store is reached only through :class:`~mirror.store.ObjectStore` (``open_store``), so the run
+is the same on a local folder and on a bucket. Whether a mirrored source's object is still there
+is asked once per object per run (:class:`Presence`), and only for sources the run resolves: the
+stat fast path never asks.
 """
 
 from __future__ import annotations
@@ -27,17 +33,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from mirror.config import Config
+from mirror.config import Config, sqlite_manifest
 from mirror.downloader import Context, Downloader, Outcome
 from mirror.errors import ExitStatus, MirrorError
 from mirror.extract import Extractor, post_date
 from mirror.fetch import Fetcher
-from mirror.manifest import Manifest, PostState, SourceResult, SourceRow, manifest_path
+from mirror.manifest import Manifest, PostState, SourceResult, SourceRow
 from mirror.models import ImageRef, Post, StoredObject
 from mirror.rewrite import decode, encode, post_diff, replace, text_url
 from mirror.scan import find_posts, read_post, write_recorded
 from mirror.source import origin_host
-from mirror.store import LocalStore, local_url
+from mirror.store import ObjectStore, local_url, open_store
 
 # Posts whose references are being fetched at once; bounds memory on huge archives.
 POSTS_IN_FLIGHT = 64
@@ -51,6 +57,44 @@ RECENT = 4096
 PLAN_URLS = 10
 # The report's reason for a mirrored reference in Markdown text left as written (no absolute URL).
 TEXT_NEEDS_ABSOLUTE_URL = "text-needs-absolute-url"
+# Objects known to be in the store, per run; beyond this the oldest are asked about again.
+PRESENT = 16384
+# A staged file (or S3 multipart upload) this old is stale even when its writer may be alive: a
+# serve without the store lock may be mid-download, so only dead writers' go at once.
+STALE_STAGING = 3600.0
+
+
+class Presence:
+    """
+    Whether objects are still in the store, asked with ``store.stat`` once per object per run.
+
+    Only positive answers are kept (bounded, oldest out): a missing object is fetched again and
+    noted with :meth:`saw` once committed.
+    """
+
+    def __init__(self, store: ObjectStore, limit: int = PRESENT) -> None:
+        self.store = store
+        self.limit = limit
+        self.asked = 0
+        self._present: OrderedDict[str, None] = OrderedDict()
+
+    async def has(self, sha256: str, ext: str) -> bool:
+        """Tell whether the object is stored."""
+        key = f"{sha256}.{ext}"
+        if key in self._present:
+            self._present.move_to_end(key)
+            return True
+        self.asked += 1
+        if await self.store.stat(sha256, ext) is None:
+            return False
+        self.saw(sha256, ext)
+        return True
+
+    def saw(self, sha256: str, ext: str) -> None:
+        """Note an object known to be stored (just committed)."""
+        self._present[f"{sha256}.{ext}"] = None
+        if len(self._present) > self.limit:
+            self._present.popitem(last=False)
 
 
 @dataclass
@@ -204,9 +248,9 @@ class Job:
         self.clock = clock
         self.summary = RunSummary()
         self.extractor = Extractor(config.scan)
-        root = Path(config.store.path)
-        self.store = LocalStore(root, config.store.durability)
-        path = manifest_path(root)
+        self.store: ObjectStore = open_store(config)
+        self.presence = Presence(self.store)
+        path = sqlite_manifest(config)
         if dry_run:
             # A dry run reads what exists and writes nothing, not even an empty store.
             exists = path.is_file()
@@ -235,7 +279,15 @@ class Job:
         """
         if not self.dry_run:
             # Once per run, before any work starts: not worth a thread hop.
-            Path(self.config.store.path).mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
+            sqlite_manifest(self.config).parent.mkdir(parents=True, exist_ok=True)
+        async with self.store:
+            if not self.dry_run:
+                # The caller holds the store lock: a dead writer's staged files go at once.
+                await self.store.cleanup(older_than=STALE_STAGING)
+            await self._run(paths)
+        return self.summary
+
+    async def _run(self, paths: Sequence[Path]) -> None:
         with self.manifest:
             try:
                 async with Fetcher(self.config) as fetcher:
@@ -250,7 +302,6 @@ class Job:
                     self._flush()
                 raise
             self._flush()
-        return self.summary
 
     async def _all_posts(self, paths: Sequence[Path]) -> None:
         slots = asyncio.Semaphore(POSTS_IN_FLIGHT)
@@ -362,7 +413,7 @@ class Job:
             outcomes[source] = _outcome_from_row(known[source])
         reported = [r for r in refs if r.source in outcomes]
         mapping = {
-            source: local_url(self.config.rewrite.base_url, o.obj.sha256, o.obj.ext)
+            source: local_url(self.config.base_url, o.obj.sha256, o.obj.ext)
             for source, o in outcomes.items()
             if o.status == "mirrored" and o.obj is not None
         }
@@ -464,7 +515,7 @@ class Job:
         """``row`` is the manifest's as the post began; a flush since can only have added it."""
         now = self.clock()
         has = row is not None and row.status == "mirrored" and row.sha256 and row.ext
-        if has and row is not None and self.store.has(row.sha256 or "", row.ext or ""):
+        if has and row is not None and await self.presence.has(row.sha256 or "", row.ext or ""):
             stale = self.refresh_after is not None and (row.last_attempt or 0) < now - (
                 self.refresh_after
             )
@@ -486,6 +537,8 @@ class Job:
             return Outcome("skipped", "dry-run", next_attempt=now)
         assert self._downloader is not None
         outcome = await self._downloader.download(source, refs, context, {})
+        if outcome.obj is not None:
+            self.presence.saw(outcome.obj.sha256, outcome.obj.ext)
         if outcome.status != "mirrored":
             failures = (row.failures if row is not None else 0) + 1
             backoff = min(MAX_BACKOFF, self.config.fetch.failure_backoff * 2 ** (failures - 1))
@@ -570,7 +623,7 @@ class Job:
             "format": outcome.format,
             "width": outcome.width,
             "height": outcome.height,
-            "file": self.store.relpath(obj.sha256, obj.ext) if obj else None,
+            "file": self.store.key(obj.sha256, obj.ext) if obj else None,
             "local_url": url,
             "via": outcome.via,
             "fetched_from": outcome.fetched_from,

@@ -24,9 +24,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import TextIO
 
+from mirror.config import sqlite_manifest
 from mirror.errors import MirrorError
 from mirror.extract import Extractor
-from mirror.manifest import Manifest, PostState, manifest_path
+from mirror.manifest import Manifest, PostState
 from mirror.models import ImageRef
 from mirror.pipeline import Job, RunSummary, post_key
 from mirror.rewrite import decode
@@ -89,7 +90,7 @@ def first_pass(job: Job, paths: Sequence[Path], totals: Totals, stop: threading.
     """
     config = job.config
     extractor = Extractor(config.scan)
-    path = manifest_path(Path(config.store.path))
+    path = sqlite_manifest(config)
     posts = refs = 0
     with contextlib.ExitStack() as stack:
         manifest = None

@@ -19,6 +19,7 @@ I/O stays at the edges (:func:`find_places`, :func:`load_report`, :func:`write_r
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import html
@@ -28,7 +29,6 @@ import re
 import sqlite3
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,14 +36,14 @@ from urllib.parse import quote
 
 from PIL import Image, ImageOps
 
-from mirror.config import Config
+from mirror.config import Config, sqlite_manifest
 from mirror.errors import ManifestError, StoreError, UsageError
 from mirror.extract import Extractor
-from mirror.manifest import Attempt, Manifest, load_attempts, manifest_path
+from mirror.manifest import Attempt, Manifest, load_attempts
 from mirror.rewrite import decode
 from mirror.scan import iter_posts
 from mirror.source import origin_host
-from mirror.store import LocalStore, atomic_write
+from mirror.store import ObjectStore, atomic_write, open_store
 
 DEFAULT_GALLERY = 500
 THUMB_SIDE = 160
@@ -191,18 +191,23 @@ def thumbnail(data: bytes, side: int = THUMB_SIDE) -> Thumbnail | None:
     return Thumbnail(out.getvalue(), image.width, image.height)
 
 
-def _thumbnail_of(store: LocalStore, sha256: str, ext: str) -> tuple[Thumbnail | None, str | None]:
-    try:
-        data = store.read(sha256, ext)
-    except (StoreError, ValueError):
-        return None, "missing from the store"
-    thumb = thumbnail(data)
+async def _thumbnail_of(
+    store: ObjectStore, sha256: str, ext: str, slots: asyncio.Semaphore
+) -> tuple[Thumbnail | None, str | None]:
+    # At most `slots` objects in memory at once, however large the gallery's images are.
+    async with slots:
+        try:
+            data = await store.read(sha256, ext)
+        except (StoreError, ValueError):
+            return None, "missing from the store"
+        # Pillow releases the GIL while decoding, so threads make 500 thumbnails faster.
+        thumb = await asyncio.to_thread(thumbnail, data)
     return thumb, None if thumb is not None else "no preview (Pillow cannot read it)"
 
 
-def load_report(
+async def load_report(
     manifest: Manifest,
-    store: LocalStore,
+    store: ObjectStore,
     *,
     gallery: int = DEFAULT_GALLERY,
     scanned: Scanned | None = None,
@@ -246,9 +251,8 @@ def load_report(
             if seen is None or entry.source < seen.source:
                 found[entry.sha256] = entry
     picked = shown[:gallery]
-    # Pillow releases the GIL while decoding, so threads make 500 thumbnails several times faster.
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        thumbs = list(pool.map(lambda row: _thumbnail_of(store, row[0], row[1]), picked))
+    slots = asyncio.Semaphore(min(8, os.cpu_count() or 1))
+    thumbs = await asyncio.gather(*(_thumbnail_of(store, row[0], row[1], slots) for row in picked))
     items = tuple(
         GalleryItem(
             sha,
@@ -264,7 +268,7 @@ def load_report(
         for (sha, _ext, size, width, height), (thumb, problem) in zip(picked, thumbs, strict=True)
     )
     return Report(
-        str(store.root),
+        store.description,
         generated,
         tuple(entries),
         objects,
@@ -489,25 +493,27 @@ def render(report: Report) -> str:
     )
 
 
-def write_report(
+async def write_report(
     config: Config, out: Path, paths: Sequence[Path], *, gallery: int = DEFAULT_GALLERY
 ) -> Report:
     """
-    Build the report of ``config.store.path`` (linking ``paths``' posts) and write it to ``out``.
+    Build the report of the store (linking ``paths``' posts) and write it to ``out``.
 
     Raises:
         UsageError: the store has no manifest.
         ManifestError: the manifest cannot be read.
         StoreError: ``out`` cannot be written; it is then unchanged.
     """
-    store = LocalStore(Path(config.store.path))
-    path = manifest_path(store.root)
+    path = sqlite_manifest(config)
     if not path.is_file():
         raise UsageError(f"no manifest at {path}: run `mirror fetch` first, or pass --store DIR")
     scanned = find_places(paths, config, out.parent) if paths else None
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     with Manifest(path, readonly=True) as manifest:
-        report = load_report(manifest, store, gallery=gallery, scanned=scanned, generated=generated)
+        async with open_store(config) as store:
+            report = await load_report(
+                manifest, store, gallery=gallery, scanned=scanned, generated=generated
+            )
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -6,7 +6,8 @@ allowlist, checked on every redirect hop too), remembers failures with backoff (
 cache), shares one fetch among all concurrent requests for a URL (:class:`SingleFlight`, which
 cancels a fetch once every waiter has gone, unless it is storing), and fetches with the same
 :class:`~mirror.fetch.Fetcher`, verification, limits and address policy as ``mirror run``, then
-stores the object and records it before answering.
+commits the object into the store (whichever backend, through its protocol) and records it before
+answering.
 
 With ``--workers N`` exactly one process owns a Resolver and the workers reach it over a Unix
 socket (:mod:`mirror.workers`), so the fetch limits and single flight are global.
@@ -30,7 +31,7 @@ from mirror.downloader import Context, Downloader
 from mirror.manifest import Manifest, SourceResult
 from mirror.metrics import Metrics
 from mirror.source import host_allowed, hostname, origin_host
-from mirror.store import LocalStore
+from mirror.store import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +246,7 @@ class Resolver:
         self,
         config: Config,
         *,
-        store: LocalStore,
+        store: ObjectStore,
         manifest: Manifest,
         downloader: Downloader,
         catalog: Catalog,
@@ -267,7 +268,7 @@ class Resolver:
     async def resolve(self, source: str) -> Resolution:
         """Answer a miss for ``source`` (already normalized); never raises for upstream faults."""
         entry = self.catalog.lookup(source)
-        if entry is not None and await asyncio.to_thread(self.store.has, entry.sha256, entry.ext):
+        if entry is not None and await self.store.stat(entry.sha256, entry.ext) is not None:
             return Resolution(200, entry=entry)
         refused = self._refuse(source)
         if refused is not None:
@@ -339,8 +340,8 @@ class Resolver:
             self.manifest.evict_served, self.config.serve.max_store_bytes
         )
         for sha256, ext in evicted:
-            # The rows are gone (committed) before the file, so no row names a missing file.
-            await asyncio.to_thread(self.store.remove, sha256, ext)
+            # The rows are gone (committed) before the object, so no row names a missing one.
+            await self.store.delete(sha256, ext)
         if evicted:
             self.metrics.inc("mirror_evicted_objects_total", by=len(evicted))
             log.info("open mode: evicted %d objects over serve.max_store_bytes", len(evicted))

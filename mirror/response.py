@@ -2,32 +2,32 @@
 Responses for stored objects: ETag and Last-Modified, 304s, byte ranges, CORS preflights, and the
 headers that make an image proxy safe to point browsers at.
 
-Small objects (the usual web image) are read whole into memory and kept in a bounded LRU of hot
-objects, then sent as one body: measured against aiohttp's FileResponse, whose thread hops per
-request cost most of a hit's time. Objects over :data:`STREAM_OVER` bytes are streamed from disk
-in chunks read in a thread, so one large image never holds the event loop or much memory.
+Objects are read through the store's protocol (:class:`~mirror.store.ObjectStore`), whatever the
+backend. Small objects (the usual web image) are read whole into memory and kept in a bounded LRU
+of hot objects, then sent as one body: measured against aiohttp's FileResponse, whose thread hops
+per request cost most of a hit's time. Objects over :data:`STREAM_OVER` bytes are streamed
+(:meth:`~mirror.store.ObjectStore.stream`: chunks read in a thread from a folder, or one ranged
+GET from a bucket), so one large image never holds the event loop or much memory.
 """
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
-import os
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 
 from aiohttp import web
 
 from mirror.catalog import mime_for
-from mirror.store import LocalStore
+from mirror.errors import StoreError
+from mirror.store import ObjectStore
+from mirror.store.base import CACHE_CONTROL
 
 STREAM_OVER = 1024 * 1024
 # What a cached object holds besides its bytes (its record, path, headers and key): tracemalloc
 # measured 1,276 bytes; counted so a cache of tiny images stays within memory_cache_bytes.
 ENTRY_BYTES = 1536
-CHUNK = 256 * 1024
-IMMUTABLE = "public, max-age=31536000, immutable"
+IMMUTABLE = CACHE_CONTROL
 # An image proxy must never let a stored file act as a page or script in the viewer's origin.
 # Any page may read the images (they are public): "*", never an echoed Origin, so no answer
 # depends on Origin and none needs Vary: Origin.
@@ -66,9 +66,10 @@ _BODY_HEADERS = frozenset({"Content-Type", "Accept-Ranges"})
 
 @dataclass(frozen=True, slots=True)
 class Loaded:
-    """An object ready to send: its bytes (None when streamed from ``path``) and headers."""
+    """An object ready to send: its bytes (None when streamed from the store) and headers."""
 
-    path: Path
+    sha256: str
+    ext: str
     data: bytes | None
     size: int
     etag: str
@@ -79,32 +80,39 @@ class Loaded:
 class ObjectCache:
     """Loads objects from the store, keeping up to ``max_bytes`` of hot small ones in memory."""
 
-    def __init__(self, store: LocalStore, max_bytes: int) -> None:
+    def __init__(self, store: ObjectStore, max_bytes: int) -> None:
         self.store = store
         self.max_bytes = max_bytes
         self.held = 0
         self._items: OrderedDict[str, Loaded] = OrderedDict()
 
-    def load(self, sha256: str, ext: str) -> Loaded | None:
+    async def load(self, sha256: str, ext: str) -> Loaded | None:
         """
-        Return the object, or None when its file is missing.
+        Return the object, or None when it is not in the store.
 
-        Synchronous on purpose: a small file in the page cache reads in tens of microseconds,
-        less than a thread hop costs.
+        A folder store answers a stat and a small read synchronously (a page-cache read takes
+        tens of microseconds, less than a thread hop costs).
+
+        Raises:
+            StoreError: the store failed (a bucket that does not answer).
         """
         key = f"{sha256}.{ext}"
         cached = self._items.get(key)
         if cached is not None:
             self._items.move_to_end(key)
             return cached
-        path = self.store.path(sha256, ext)
-        try:
-            with path.open("rb") as handle:
-                st = os.fstat(handle.fileno())
-                data = handle.read() if st.st_size <= STREAM_OVER else None
-        except (FileNotFoundError, NotADirectoryError):
+        info = await self.store.stat(sha256, ext)
+        if info is None:
             return None
-        mtime = int(st.st_mtime)
+        data = None
+        if info.size <= STREAM_OVER:
+            try:
+                data = await self.store.read(sha256, ext, 0, info.size)
+            except StoreError:
+                if await self.store.stat(sha256, ext) is None:
+                    return None  # evicted or collected between the two calls
+                raise
+        mtime = int(info.modified)
         etag = f'"{sha256}"'
         headers = {
             **SAFE_HEADERS,
@@ -114,7 +122,8 @@ class ObjectCache:
             "Content-Type": mime_for(ext),
             "Accept-Ranges": "bytes",
         }
-        loaded = Loaded(path, data, st.st_size, etag, mtime, headers)
+        size = info.size if data is None else len(data)
+        loaded = Loaded(sha256, ext, data, size, etag, mtime, headers)
         if data is not None and len(data) + ENTRY_BYTES <= self.max_bytes:
             self._items[key] = loaded
             self.held += len(data) + ENTRY_BYTES
@@ -124,7 +133,7 @@ class ObjectCache:
         return loaded
 
     def drop(self, sha256: str, ext: str) -> None:
-        """Forget an object (its file was evicted)."""
+        """Forget an object (it was evicted)."""
         old = self._items.pop(f"{sha256}.{ext}", None)
         if old is not None:
             self.held -= old.size + ENTRY_BYTES
@@ -232,8 +241,13 @@ def _unsatisfiable(obj: Loaded) -> web.HTTPRequestRangeNotSatisfiable:
     )
 
 
-async def send(request: web.BaseRequest, obj: Loaded) -> web.StreamResponse:
-    """Answer with ``obj``: 200, 206 for a range, or 304 when the client's copy is current."""
+async def send(request: web.BaseRequest, obj: Loaded, store: ObjectStore) -> web.StreamResponse:
+    """
+    Answer with ``obj``: 200, 206 for a range, or 304 when the client's copy is current.
+
+    Raises:
+        StoreError: a streamed object cannot be read (before any byte is sent).
+    """
     if not_modified(request, obj):
         headers = {k: v for k, v in obj.headers.items() if k not in _BODY_HEADERS}
         return web.Response(status=304, headers=headers)
@@ -246,34 +260,41 @@ async def send(request: web.BaseRequest, obj: Loaded) -> web.StreamResponse:
     if obj.data is not None:
         body = obj.data if status == 200 else obj.data[start : end + 1]
         return web.Response(status=status, body=body, headers=headers)
-    return await _stream(request, obj, status, headers, start, end - start + 1)
+    return await _stream(request, obj, store, status, headers, start, end - start + 1)
 
 
 async def _stream(
     request: web.BaseRequest,
     obj: Loaded,
+    store: ObjectStore,
     status: int,
     headers: dict[str, str],
     start: int,
     count: int,
 ) -> web.StreamResponse:
+    chunks = store.stream(obj.sha256, obj.ext, start, count)
     response = web.StreamResponse(status=status, headers=headers)
     response.content_length = count
-    await response.prepare(request)
-    if request.method == "HEAD":
-        return response
-    handle = await asyncio.to_thread(open, obj.path, "rb")
     try:
-        await asyncio.to_thread(handle.seek, start)
-        left = count
-        # Bounded by the object's size: every pass sends at least one byte or stops.
-        while left > 0:
-            chunk = await asyncio.to_thread(handle.read, min(CHUNK, left))
-            if not chunk:
-                break
+        # The first chunk before the headers: a missing object is still an error status.
+        first = b"" if request.method == "HEAD" else await anext(chunks, b"")
+        await response.prepare(request)
+        if request.method == "HEAD":
+            return response
+        sent = len(first)
+        if first:
+            await response.write(first)
+        # Bounded by the object's size: the store yields at most ``count`` bytes.
+        async for chunk in chunks:
             await response.write(chunk)
-            left -= len(chunk)
+            sent += len(chunk)
     finally:
-        await asyncio.to_thread(handle.close)
+        await chunks.aclose()  # type: ignore[attr-defined]
+    if sent != count:
+        # The object shrank or vanished mid-way: cut the connection rather than end the body
+        # short with a clean end-of-stream the client would take as the whole image.
+        if request.transport is not None:
+            request.transport.close()
+        return response
     await response.write_eof()
     return response

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mirror.audit import open_store
+from mirror.audit import care_manifest
 from mirror.config import Config
 from mirror.errors import ExitStatus
 from mirror.manifest import Manifest, Rewrite
@@ -150,7 +150,7 @@ def revert(
         LockedError: not a dry run, and another mirror holds the store lock.
     """
     result = Reverted()
-    with open_store(config, write=show is None) as (_store, manifest):
+    with care_manifest(config, write=show is None) as manifest:
         legacy = _legacy_keys(manifest)
         for post in iter_posts(paths, config.scan):
             result.posts += 1

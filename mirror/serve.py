@@ -14,6 +14,13 @@ A hit is answered from the in-memory URL map (:class:`~mirror.catalog.Catalog`) 
 cache without touching SQLite; a miss goes to the fetch owner (:mod:`mirror.resolver`), in this
 process or, with several workers, over a socket. Error responses are short text with
 ``Cache-Control: no-store``; upstream headers and bodies are never relayed.
+
+The store is reached only through its protocol (:class:`~mirror.store.ObjectStore`), so the
+same server answers from a folder or a bucket. ``serve.hits`` says how a hit is answered:
+``"stream"`` sends the bytes (ETag = sha256, 304s, ranges, CORS and CSP headers, from either
+backend); ``"redirect"`` answers 302 to the object's public URL (a bucket's CDN then carries the
+bytes), which needs a store that has one. ``serve.accel_redirect`` hands hits to nginx and needs a
+store whose objects are files on this machine.
 """
 
 from __future__ import annotations
@@ -23,9 +30,7 @@ import contextlib
 import html
 import ipaddress
 import logging
-import os
 import re
-import secrets
 import shutil
 import time
 from collections import Counter
@@ -40,16 +45,16 @@ from aiohttp.abc import AbstractResolver
 
 from mirror.bounded import BoundedMap, url_key
 from mirror.catalog import Catalog, Entry
-from mirror.config import Config
+from mirror.config import Config, sqlite_manifest
 from mirror.downloader import Downloader
-from mirror.errors import MirrorError
+from mirror.errors import ConfigError, MirrorError, StoreError
 from mirror.fetch import Fetcher
-from mirror.manifest import Manifest, manifest_path
+from mirror.manifest import Manifest
 from mirror.metrics import Metrics, merge, render
 from mirror.resolver import Resolution, Resolver, Resolves
-from mirror.response import SAFE_HEADERS, ObjectCache, preflight, send
+from mirror.response import IMMUTABLE, SAFE_HEADERS, Loaded, ObjectCache, preflight, send
 from mirror.source import Classified, Classifier, hostname, inner_absolute
-from mirror.store import LocalStore
+from mirror.store import ObjectStore, open_store
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +71,11 @@ _ENCODED = re.compile(r"https?%3a", re.IGNORECASE)
 # A DNS name (IDN letters allowed), an IPv4 literal, or a bracketed IPv6 literal.
 _HOST = re.compile(r"[\w.-]+|\[[0-9a-f:.]+\]", re.IGNORECASE)
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# A name to ask the store about in /readyz and at startup: no object has it (it hashes nothing).
+PROBE_SHA256 = "0" * 64
+# How long a client may keep a redirect from /?<url>: a source's object can change (a refresh),
+# an object path's never does.
+REDIRECT_CACHE = "public, max-age=86400"
 
 
 class QueryClassifier(Classifier):
@@ -86,7 +96,7 @@ class ServeState:
     """Everything a request handler needs; built by the app's cleanup context."""
 
     config: Config
-    store: LocalStore
+    store: ObjectStore
     catalog: Catalog
     cache: ObjectCache
     classifier: Classifier
@@ -115,6 +125,7 @@ class Wiring:
 
     remote: Resolves | None = None
     dns: AbstractResolver | None = None
+    store: ObjectStore | None = None
 
 
 CONFIG = web.AppKey("config", Config)
@@ -169,15 +180,13 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
     if source is None:
         return _count(state, "proxy", error_response(400, "bad-url", "not an http(s) image URL"))
     entry = state.catalog.lookup(source)
-    accel = state.config.serve.accel_redirect
     if entry is not None:
-        obj = None if accel else state.cache.load(entry.sha256, entry.ext)
-        if obj is not None or (accel and state.store.has(entry.sha256, entry.ext)):
+        hit = await _hit(request, state, entry, REDIRECT_CACHE)
+        if hit is not None:
             state.metrics.inc("mirror_cache_hits_total")
             if source in state.catalog.served:
                 state.seen.put(source, time.time())  # open mode's least-recently-served order
-            response = _accel(accel, entry) if obj is None else await send(request, obj)
-            return _count(state, "proxy", response)
+            return _count(state, "proxy", hit)
         state.catalog.forget(source)
     state.metrics.inc("mirror_cache_misses_total")
     timeout = state.config.serve.request_timeout
@@ -193,12 +202,77 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
         reason = resolution.reason or "error"
         return _count(state, "proxy", error_response(resolution.status, reason, resolution.message))
     state.catalog.add(source, resolution.entry)
-    if accel:
-        return _count(state, "proxy", _accel(accel, resolution.entry))
-    obj = state.cache.load(resolution.entry.sha256, resolution.entry.ext)
-    if obj is None:
+    hit = await _hit(request, state, resolution.entry, REDIRECT_CACHE, known=True)
+    if hit is None:
         return _count(state, "proxy", error_response(502, "store", "the object vanished; retry"))
-    return _count(state, "proxy", await send(request, obj))
+    return _count(state, "proxy", hit)
+
+
+async def _hit(
+    request: web.Request, state: ServeState, entry: Entry, cache: str, *, known: bool = False
+) -> web.StreamResponse | None:
+    """
+    Answer with a stored object as ``serve.hits`` says, or None when it is not in the store.
+
+    ``known``: the object was just stored, so a redirect or nginx need no check first.
+    """
+    serve = state.config.serve
+    if serve.hits == "redirect":
+        # The catalog is trusted: a HEAD per hit would cost what the redirect saves.
+        return _redirect(state.store, entry.sha256, entry.ext, cache)
+    if serve.accel_redirect:
+        if not known and await _stat(state, entry.sha256, entry.ext) is None:
+            return None
+        return _accel(serve.accel_redirect, entry)
+    obj = await _load(state, entry.sha256, entry.ext)
+    if obj is None:
+        return None
+    return await _send(request, state, obj)
+
+
+async def _stat(state: ServeState, sha256: str, ext: str) -> object | None:
+    try:
+        return await state.store.stat(sha256, ext)
+    except StoreError as exc:
+        raise _StoreDown(str(exc)) from exc
+
+
+async def _load(state: ServeState, sha256: str, ext: str) -> Loaded | None:
+    try:
+        return await state.cache.load(sha256, ext)
+    except StoreError as exc:
+        raise _StoreDown(str(exc)) from exc
+
+
+async def _send(request: web.Request, state: ServeState, obj: Loaded) -> web.StreamResponse:
+    try:
+        return await send(request, obj, state.store)
+    except StoreError as exc:
+        raise _StoreDown(str(exc)) from exc
+
+
+class _StoreDown(Exception):
+    """The store failed while answering a hit: 503, said once by :func:`_errors`."""
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Answer a failing store with 503 (the next request may find it back) instead of a 500."""
+    try:
+        response: web.StreamResponse = await handler(request)
+    except _StoreDown as exc:
+        log.error("the store failed: %s", exc)
+        state = request.app[STATE]
+        return _count(state, "store", error_response(503, "store", "the store cannot answer now"))
+    return response
+
+
+def _redirect(store: ObjectStore, sha256: str, ext: str, cache: str) -> web.Response:
+    """302 to the object's public URL (the CDN then carries the bytes)."""
+    target = store.public_url(sha256, ext)
+    assert target is not None  # checked at startup (_check_store)
+    headers = {**SAFE_HEADERS, "Location": target, "Cache-Control": cache}
+    return web.Response(status=302, headers=headers)
 
 
 def _accel(prefix: str, entry: Entry) -> web.Response:
@@ -214,10 +288,13 @@ async def handle_object(request: web.Request) -> web.StreamResponse:
     match = _OBJECT_NAME.fullmatch(request.match_info["name"])
     if match is None or request.match_info["shard"] != match[1][:2]:
         return _count(state, "object", error_response(404, "not-found", "no such object"))
-    obj = state.cache.load(match[1], match[2])
+    if state.config.serve.hits == "redirect":
+        # An object's name is its bytes: the redirect never changes, and the bucket says 404.
+        return _count(state, "object", _redirect(state.store, match[1], match[2], IMMUTABLE))
+    obj = await _load(state, match[1], match[2])
     if obj is None:
         return _count(state, "object", error_response(404, "not-found", "no such object"))
-    return _count(state, "object", await send(request, obj))
+    return _count(state, "object", await _send(request, state, obj))
 
 
 async def handle_preflight(request: web.Request) -> web.StreamResponse:
@@ -236,35 +313,40 @@ async def handle_healthz(request: web.Request) -> web.StreamResponse:
     return _count(request.app[STATE], "healthz", web.Response(text="ok\n"))
 
 
-def _readiness(state: ServeState) -> list[str]:
+async def _readiness(state: ServeState) -> list[str]:
     problems: list[str] = []
-    root = state.store.root
-    probe = root / f".readyz.{secrets.token_hex(6)}.tmp"
+    store = state.store
     try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        os.close(fd)
-        probe.unlink()
-    except OSError as exc:
-        problems.append(f"store {root} is not writable: {exc.strerror or exc}")
-    try:
-        free = shutil.disk_usage(root).free
-    except OSError as exc:
-        problems.append(f"cannot read free space of {root}: {exc.strerror or exc}")
+        # Both halves of a miss: a body can be staged, and the backend answers.
+        async with store.staging() as staged:
+            folder = staged.path.parent
+        await store.stat(PROBE_SHA256, "png")
+    except StoreError as exc:
+        problems.append(f"store {store.description}: {exc}")
     else:
-        if free < state.config.serve.min_free_bytes:
-            problems.append(f"only {free} bytes free on the store's disk")
+        try:
+            free = (await asyncio.to_thread(shutil.disk_usage, folder)).free
+        except OSError as exc:
+            problems.append(f"cannot read free space of {folder}: {exc.strerror or exc}")
+        else:
+            if free < state.config.serve.min_free_bytes:
+                problems.append(f"only {free} bytes free on the disk of {folder}")
     try:
-        with Manifest(state.catalog.path, readonly=True) as manifest:
-            manifest.counts()
+        await asyncio.to_thread(_manifest_readable, state.catalog.path)
     except MirrorError as exc:
         problems.append(str(exc))
     return problems
 
 
+def _manifest_readable(path: Path) -> None:
+    with Manifest(path, readonly=True) as manifest:
+        manifest.counts()
+
+
 async def handle_readyz(request: web.Request) -> web.StreamResponse:
     """Ready: store writable, disk headroom, manifest readable."""
     state = request.app[STATE]
-    problems = await asyncio.to_thread(_readiness, state)
+    problems = await _readiness(state)
     if problems:
         response = web.Response(status=503, text="\n".join(problems) + "\n")
     else:
@@ -321,7 +403,7 @@ async def handle_status(request: web.Request) -> web.StreamResponse:
         f"{html.escape(str(f['reason']))} <code>{html.escape(f['source'])}</code></li>"
         for f in reversed(status["failures"][-20:])
     )
-    store = html.escape(str(state.store.root))
+    store = html.escape(state.store.description)
     mode = "open" if state.config.serve.open else "closed world"
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>mirror serve</title></head>
 <body><h1>mirror serve</h1><p>Mode: {mode}. Store: <code>{store}</code></p>
@@ -354,7 +436,7 @@ async def _flush(state: ServeState) -> None:
 
 @contextlib.asynccontextmanager
 async def local_resolver(
-    config: Config, store: LocalStore, catalog: Catalog, dns: AbstractResolver | None
+    config: Config, store: ObjectStore, catalog: Catalog, dns: AbstractResolver | None
 ) -> AsyncIterator[Resolver]:
     with Manifest(catalog.path, durability=config.store.durability) as manifest:
         async with Fetcher(config, resolver=dns) as fetcher:
@@ -374,12 +456,11 @@ async def local_resolver(
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    root = Path(config.store.path)
-    await asyncio.to_thread(root.mkdir, parents=True, exist_ok=True)
-    store = LocalStore(root, config.store.durability)
-    catalog = Catalog(manifest_path(root))
+    wiring = app[WIRING]
+    store = wiring.store if wiring.store is not None else open_store(config)
+    catalog = Catalog(sqlite_manifest(config))
     async with contextlib.AsyncExitStack() as stack:
-        wiring = app[WIRING]
+        await stack.enter_async_context(store)
         resolver: Resolves
         if wiring.remote is None:
             local = local_resolver(config, store, catalog, wiring.dns)
@@ -407,6 +488,27 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             await _flush(state)
 
 
+def check_store(config: Config, store: ObjectStore) -> None:
+    """
+    Refuse a ``serve`` setting the store cannot honour, before anything starts.
+
+    Raises:
+        ConfigError: ``serve.hits = "redirect"`` on a store with no public URL, or
+            ``serve.accel_redirect`` on one whose objects are not files here.
+    """
+    if config.serve.hits == "redirect" and store.public_url(PROBE_SHA256, "png") is None:
+        raise ConfigError(
+            "serve.hits",
+            f'"redirect" needs a store with a public URL (store.s3.public_url); '
+            f"{store.description} has none",
+        )
+    if config.serve.accel_redirect and store.local_file(PROBE_SHA256, "png") is None:
+        raise ConfigError(
+            "serve.accel_redirect",
+            f"nginx can send only files on this machine; {store.description} keeps none",
+        )
+
+
 def create_app(
     config: Config,
     *,
@@ -420,12 +522,17 @@ def create_app(
         config: the whole config tree (``serve``, ``store``, ``fetch``, ``network``...).
         remote: the fetch owner in another process; None owns fetching here.
         dns: a resolver for upstream host names (tests); None uses the system's.
+
+    Raises:
+        ConfigError: the store cannot honour ``serve.hits`` or ``serve.accel_redirect``.
     """
-    app = web.Application(client_max_size=1024)
+    store = open_store(config)
+    check_store(config, store)
+    app = web.Application(client_max_size=1024, middlewares=[_errors])
     app[CONFIG] = config
-    app[WIRING] = Wiring(remote, dns)
+    app[WIRING] = Wiring(remote, dns, store)
     app.cleanup_ctx.append(_resources)
-    prefix = urlsplit(config.rewrite.base_url).path or "/"
+    prefix = urlsplit(config.base_url).path or "/"
     objects = prefix + "{shard:[0-9a-f]{2}}/{name}"
     app.router.add_get("/", handle_proxy)
     app.router.add_route("OPTIONS", "/", handle_preflight)

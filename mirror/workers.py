@@ -36,14 +36,13 @@ from aiohttp import web
 
 from mirror.access import runner_options
 from mirror.catalog import Catalog
-from mirror.config import Config, config_from_mapping
+from mirror.config import Config, config_from_mapping, sqlite_manifest
 from mirror.errors import ExitStatus, ListenError, MirrorError
 from mirror.log import configure_access_log
-from mirror.manifest import manifest_path
 from mirror.metrics import Metrics, merge
 from mirror.resolver import Resolution, Resolver, SingleFlight
 from mirror.serve import create_app, local_resolver
-from mirror.store import LocalStore
+from mirror.store import open_store
 
 log = logging.getLogger("mirror.serve")
 
@@ -102,7 +101,7 @@ def _banner(config: Config, address: Any) -> str:
     workers = config.serve.workers
     return (
         f"mirror: serving on http://{shown}:{port}/ ({mode}, {workers} worker"
-        f"{'s' if workers > 1 else ''}, store {config.store.path}); SIGTERM or Ctrl-C stops"
+        f"{'s' if workers > 1 else ''}, store {config.store.location}); SIGTERM or Ctrl-C stops"
     )
 
 
@@ -198,11 +197,11 @@ def _owner_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=4 * 1024 * 1024)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        root = Path(config.store.path)
-        await asyncio.to_thread(root.mkdir, parents=True, exist_ok=True)
-        catalog = Catalog(manifest_path(root))
-        store = LocalStore(root, config.store.durability)
-        async with local_resolver(config, store, catalog, None) as resolver:
+        catalog = Catalog(sqlite_manifest(config))
+        async with (
+            open_store(config) as store,
+            local_resolver(config, store, catalog, None) as resolver,
+        ):
             refresh = await catalog.run_refresh(config.serve.refresh_interval)
             app[READY] = resolver
             try:

@@ -13,6 +13,7 @@ import asyncio.selector_events
 import collections
 import contextlib
 import dataclasses
+import hashlib
 import io
 import ipaddress
 import shutil
@@ -31,7 +32,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.test_utils import TestServer
 from PIL import Image
 
-from mirror.config import Config, FetchConfig, NetworkConfig
+from mirror.config import Config, FetchConfig, NetworkConfig, StoreConfig
 
 # Fixtures for every test: moto's S3 server and per-test buckets (tests/s3_server.py), the Hexo
 # site and browser harness (tests/hexo_site.py, tests/browser.py).
@@ -275,6 +276,34 @@ class FakeResolver(AbstractResolver):
 
     async def close(self) -> None:
         pass
+
+
+def store_object(root: Path, data: bytes, ext: str) -> str:
+    """
+    Put ``data`` into the local store at ``root`` through the store protocol; return its sha256.
+
+    Synchronous, for sync tests and for async ones alike: the store runs on a loop of its own
+    in a thread, so it never nests in the test's loop.
+    """
+    from mirror.catalog import mime_for
+    from mirror.store import open_store
+
+    sha = hashlib.sha256(data).hexdigest()
+
+    async def put() -> None:
+        async with open_store(Config(store=StoreConfig(url=str(root)))) as store:
+            await store.put(data, sha, ext, mime_for(ext))
+
+    worker = threading.Thread(target=asyncio.run, args=(put(),))
+    worker.start()
+    worker.join(timeout=60)
+    assert (root / "objects" / sha[:2] / f"{sha}.{ext}").is_file()
+    return sha
+
+
+def object_file(root: Path, sha: str, ext: str) -> Path:
+    """Where the local store at ``root`` keeps an object (its public, permanent layout)."""
+    return root / "objects" / sha[:2] / f"{sha}.{ext}"
 
 
 @contextlib.contextmanager

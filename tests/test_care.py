@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from conftest import object_file, store_object
 from PIL import Image
 
 from mirror.cli import main
 from mirror.errors import ExitStatus
 from mirror.lock import StoreLock
 from mirror.manifest import Manifest, SourceResult, manifest_path
-from mirror.store import LocalStore
 
 WRAP = "http://proxy.example/?"
 
@@ -349,28 +349,28 @@ def test_gc_keeps_served_objects_and_collects_old_strays(
     """An open-mode served object stays; an old stray and a stale temp go; a young stray stays."""
     site.write("a.md", 1)
     assert ExitStatus.OK == main(["fetch", *site.opts, str(site.posts)])
-    store = LocalStore(site.store)
-    served = store.put(image_n(5), sha(image_n(5)), "jpg")
+    served = store_object(site.store, image_n(5), "jpg")
     with Manifest(manifest_path(site.store)) as manifest:
         result = SourceResult(
-            "http://open.example/5.jpg", "mirrored", sha256=served.sha256, ext="jpg", size=1
+            "http://open.example/5.jpg", "mirrored", sha256=served, ext="jpg", size=1
         )
         manifest.record_served("http://open.example/5.jpg", result)
-    old = store.put(image_n(6), sha(image_n(6)), "jpg")
-    young = store.put(image_n(7), sha(image_n(7)), "jpg")
+    old = object_file(site.store, store_object(site.store, image_n(6), "jpg"), "jpg")
+    young = object_file(site.store, store_object(site.store, image_n(7), "jpg"), "jpg")
     past = time.time() - 7200
-    os.utime(site.store / old.file, (past, past))
+    os.utime(old, (past, past))
     temp = site.path(1).parent / f".{site.path(1).name}.0123456789ab.tmp"
     temp.write_bytes(b"half")
     os.utime(temp, (past, past))
     capsys.readouterr()
     assert ExitStatus.OK == main(["gc", "--apply", *site.opts, str(site.posts)])
     out, err = out_err(capsys)
-    assert [f"removed {old.file}  {len(image_n(6))} bytes  (no manifest row)"] == out.splitlines()
+    removed = old.relative_to(site.store)
+    assert [f"removed {removed}  {len(image_n(6))} bytes  (no manifest row)"] == out.splitlines()
     assert "1 stale temp files removed" in err
-    assert (site.store / served.file).exists()
-    assert (site.store / young.file).exists()
-    assert not (site.store / old.file).exists()
+    assert object_file(site.store, served, "jpg").exists()
+    assert young.exists()
+    assert not old.exists()
     assert not temp.exists()
 
 
@@ -409,7 +409,7 @@ def test_export_everything_then_again(site: Site, capsys: pytest.CaptureFixture[
         capsys.readouterr().err
     )
     for n in (1, 2, 3):
-        exported = dest / site.path(n).relative_to(site.store)
+        exported = dest / site.path(n).relative_to(site.store / "objects")
         assert image_n(n) == exported.read_bytes()
         assert site.path(n).stat().st_ino != exported.stat().st_ino
     assert [] == [p for p in dest.rglob("*") if p.name.endswith(".tmp")]
@@ -430,7 +430,7 @@ def test_export_only_what_out_posts_need(
     dest = site.store.parent / "upload"
     capsys.readouterr()
     assert ExitStatus.OK == main(["export", *site.opts, str(dest), str(public)])
-    names = sorted(p.name for p in (dest / "objects").rglob("*.jpg"))
+    names = sorted(p.name for p in dest.rglob("*.jpg"))
     assert sorted(site.path(n).name for n in (1, 2)) == names
 
 
@@ -444,7 +444,8 @@ def test_export_link_and_its_copy_fallback(
     assert ExitStatus.OK == main(["export", "--link", *site.opts, str(linked)])
     assert "1 of them hard-linked" in capsys.readouterr().err
     assert (
-        site.path(1).stat().st_ino == (linked / site.path(1).relative_to(site.store)).stat().st_ino
+        site.path(1).stat().st_ino
+        == (linked / site.path(1).relative_to(site.store / "objects")).stat().st_ino
     )
 
     def cross_device(src: object, dst: object, **dir_fds: object) -> None:
@@ -454,7 +455,7 @@ def test_export_link_and_its_copy_fallback(
     copied = site.store.parent / "copied"
     assert ExitStatus.OK == main(["export", "--link", *site.opts, str(copied)])
     assert "1 files" in capsys.readouterr().err
-    target = copied / site.path(1).relative_to(site.store)
+    target = copied / site.path(1).relative_to(site.store / "objects")
     assert image_n(1) == target.read_bytes()
     assert site.path(1).stat().st_ino != target.stat().st_ino
 
@@ -468,9 +469,8 @@ def test_export_reports_missing_objects(site: Site, capsys: pytest.CaptureFixtur
     dest = site.store.parent / "public"
     assert ExitStatus.INCOMPLETE == main(["export", *site.opts, str(dest)])
     out, err = out_err(capsys)
-    assert [f"missing  {site.path(2).relative_to(site.store).as_posix()}  (not in the store)"] == (
-        out.splitlines()
-    )
+    name = site.path(2).relative_to(site.store / "objects").as_posix()
+    assert [f"missing  {name}  (not in the store)"] == out.splitlines()
     assert "1 files" in err
     assert "1 missing" in err
 
@@ -640,18 +640,18 @@ def test_export_never_overwrites_another_file(
     site.write("a.md", 1, 2)
     assert ExitStatus.OK == main(["fetch", *site.opts, str(site.posts)])
     dest = site.store.parent / "public"
-    taken = dest / site.path(1).relative_to(site.store)
+    taken = dest / site.path(1).relative_to(site.store / "objects")
     taken.parent.mkdir(parents=True)
     taken.write_bytes(b"the publisher's own file")
     capsys.readouterr()
     assert ExitStatus.INCOMPLETE == main(["export", *site.opts, str(dest)])
     out, err = out_err(capsys)
     assert b"the publisher's own file" == taken.read_bytes()
-    assert [f"conflict {site.path(1).relative_to(site.store).as_posix()}"] == [
+    assert [f"conflict {site.path(1).relative_to(site.store / 'objects').as_posix()}"] == [
         line.split("  ")[0] for line in out.splitlines()
     ]
     assert "1 left alone" in err
-    assert image_n(2) == (dest / site.path(2).relative_to(site.store)).read_bytes()
+    assert image_n(2) == (dest / site.path(2).relative_to(site.store / "objects")).read_bytes()
 
 
 def test_a_store_known_by_its_manifest_gets_the_marker_on_its_next_write(site: Site) -> None:
@@ -702,7 +702,7 @@ def test_revert_finds_an_older_journal_keyed_by_the_path_as_typed(
     config = load_config(site.config)
     extractor = Extractor(config.scan)
     with Manifest(manifest_path(site.store)) as manifest:
-        mapping = manifest.mirrored_mapping(config.rewrite.base_url)
+        mapping = manifest.mirrored_mapping(config.base_url)
         # What an older mirror did: the journal keyed by the path as typed in its folder.
         for folder in (tmp_path, tmp_path / "other"):
             monkeypatch.chdir(folder)

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from mirror import helptext
-from mirror.cli import _ref_json, _with_options, build_parser, main
+from mirror.cli import build_parser, main, with_options
+from mirror.cli.scan import ref_json
 from mirror.config import Config, ScanConfig
 from mirror.errors import EXIT_STATUSES, REASONS, ExitStatus, is_reason
 from mirror.extract import Extractor
@@ -263,7 +264,7 @@ def test_scan_json_lines_are_what_json_dumps_gives() -> None:
                 },
                 ensure_ascii=False,
             )
-            assert expected == _ref_json(ref)
+            assert expected == ref_json(ref)
             checked += 1
     assert checked > 100
 
@@ -331,7 +332,7 @@ def test_every_command_help_explains_itself(
     _short, description, _examples = helptext.COMMANDS[command]
     assert " ".join(description.split()[:6]) in " ".join(out.split())
     assert 2 <= len(re.findall(rf"^  mirror {command}\b", out, re.MULTILINE))
-    if command not in ("serve", "demo", "verify"):
+    if command not in ("serve", "demo", "verify", "sync"):
         assert "PATH is a post file" in out
     assert "exit status:" in out
 
@@ -366,12 +367,12 @@ def test_per_run_flags_override_the_config() -> None:
     """--timeout, --retries, --user-agent, --sources and --base-url override config.toml."""
     argv = ["run", "--timeout", "7", "--retries", "0", "--user-agent", "ua/1"]
     argv += ["--sources", "origin,wayback", "--base-url", "https://cdn.example/m/", "posts"]
-    config = _with_options(Config(), build_parser().parse_args(argv))
+    config = with_options(Config(), build_parser().parse_args(argv))
     fetch = config.fetch
     assert (7.0, 7.0, 7.0) == (fetch.total_timeout, fetch.connect_timeout, fetch.read_timeout)
     assert (1, "ua/1", ("origin", "wayback")) == (fetch.attempts, fetch.user_agent, fetch.sources)
     assert "https://cdn.example/m/" == config.rewrite.base_url
-    assert Config().fetch == _with_options(Config(), build_parser().parse_args(["run", "p"])).fetch
+    assert Config().fetch == with_options(Config(), build_parser().parse_args(["run", "p"])).fetch
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fnmatch
-import hashlib
 import http.client
 import json
 import os
@@ -32,12 +31,13 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import store_object
 
 from mirror.catalog import mime_for
 from mirror.cli import build_parser, main
+from mirror.config import load_config
 from mirror.manifest import Manifest, SourceResult, manifest_path
 from mirror.response import IMMUTABLE, SAFE_HEADERS
-from mirror.store import LocalStore
 from mirror.verify import KINDS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -82,10 +82,12 @@ def _healthcheck_code(test: list[str]) -> str:
 
 
 def test_compose_services_share_the_cache_volume(compose: dict[str, Any]) -> None:
-    """Three services; one named volume, mounted by each at the store's path."""
-    assert {"serve", "job", "nginx"} == set(compose["services"])
+    """Three services and MinIO; one named volume, mounted by each of the three at the store."""
+    assert {"serve", "job", "nginx", "minio"} == set(compose["services"])
     assert "cache" in compose["volumes"]
     for name, service in compose["services"].items():
+        if name == "minio":
+            continue
         mount = _mount(service, STORE)
         assert ("volume", "cache") == (mount["type"], mount["source"]), name
         assert "unless-stopped" == service["restart"], name
@@ -304,14 +306,14 @@ def test_dockerignore_keeps_the_build_inputs() -> None:
         for line in (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    for kept in ("pyproject.toml", "README.md", "mirror/cli.py", "mirror/py.typed"):
+    for kept in ("pyproject.toml", "README.md", "mirror/cli/__init__.py", "mirror/py.typed"):
         assert not _ignored(kept, patterns), kept
     for dropped in (
         "cache/manifest.sqlite3",
         ".git/HEAD",
         "mirror-demo/posts/a.md",
         "tests/data/posts/a.md",
-        "mirror/__pycache__/cli.cpython-311.pyc",
+        "mirror/cli/__pycache__/parser.cpython-311.pyc",
         "mirror.egg-info/PKG-INFO",
         "source/_posts/a.md",
     ):
@@ -497,8 +499,7 @@ def wait_ready(port: int, path: str, deadline: float, process: Started) -> None:
 
 def remember(root: Path, source: str, data: bytes) -> str:
     """Store ``data`` and record ``source`` as mirrored to it, as `mirror run` would."""
-    sha = hashlib.sha256(data).hexdigest()
-    LocalStore(root).put(data, sha, "png")
+    sha = store_object(root, data, "png")
     result = SourceResult(source, "mirrored", sha256=sha, ext="png", size=len(data))
     result = dataclasses.replace(result, format="PNG", width=64, height=48)
     with Manifest(manifest_path(root)) as manifest:
@@ -604,3 +605,29 @@ def _check_through_nginx(port: int, sha: str, png: bytes, temporary: Path) -> No
         assert 403 == status, admin
         assert "X-Mirror-Reason" not in headers, admin
     assert 200 == request(port, "/readyz")[0]
+
+
+def test_compose_minio_only_with_its_profile(compose: dict[str, Any]) -> None:
+    """MinIO starts only with --profile s3, on its own volume, credentials from the environment."""
+    minio = compose["services"]["minio"]
+    assert ["s3"] == minio["profiles"]
+    assert ("volume", "minio") == (_mount(minio, "/data")["type"], _mount(minio, "/data")["source"])
+    assert "${MINIO_ROOT_PASSWORD:-}" == minio["environment"]["MINIO_ROOT_PASSWORD"]
+    assert "9000:9000" in minio["ports"]
+
+
+def test_compose_commented_s3_configuration_loads(tmp_path: Path) -> None:
+    """The commented config.toml in docker-compose.yml is a valid S3 store aimed at MinIO."""
+    lines = COMPOSE.read_text(encoding="utf-8").splitlines()
+    start = lines.index("# [store]")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("# ") or line == "#":
+            break
+        block.append(line.removeprefix("# "))
+    config_file = tmp_path / "config.toml"
+    config_file.write_text("\n".join(block) + "\n", encoding="utf-8")
+    config = load_config(config_file)
+    assert ("s3", "http://minio:9000") == (config.store.scheme, config.store.s3.endpoint_url)
+    assert "http://localhost:9000/mirror/blog/" == config.base_url
+    assert "redirect" == config.serve.hits

@@ -19,7 +19,7 @@ from mirror.downloader import Context, Downloader
 from mirror.errors import ExitStatus
 from mirror.fetch import Fetcher
 from mirror.manifest import Manifest, manifest_path
-from mirror.store import LocalStore
+from mirror.store.local import FolderStore
 
 WRAP = "http://proxy.example/?"
 PNG = make_image("PNG", (60, 40))
@@ -136,9 +136,9 @@ async def test_a_dns_failure_is_recorded_with_the_name(
     """An origin that does not resolve is attempt outcome dns, detail 'cannot resolve NAME'."""
     config = make_config(attempts=1)
     (tmp_path / "cache").mkdir()
-    store = LocalStore(tmp_path / "cache")
+    store = FolderStore(tmp_path / "cache")
     with Manifest(manifest_path(tmp_path / "cache")) as manifest:
-        async with Fetcher(config, resolver=FakeResolver({})) as fetcher:
+        async with store, Fetcher(config, resolver=FakeResolver({})) as fetcher:
             downloader = Downloader(config, fetcher, store, manifest)
             outcome = await downloader.download(
                 "http://img.gone.example/a.png", [], Context(), {}, names=("origin",)

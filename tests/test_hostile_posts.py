@@ -8,7 +8,6 @@ trees. Each test reproduces the attack on real files, bounded in time (pytest-ti
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import resource
@@ -24,7 +23,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from conftest import make_image, threaded_server
+from conftest import make_image, store_object, threaded_server
 
 from mirror import scan, swap
 from mirror.atomic import atomic_write, temp_name, write_temp
@@ -35,7 +34,6 @@ from mirror.manifest import Manifest, SourceResult, manifest_path
 from mirror.marker import mark_out
 from mirror.models import Post
 from mirror.scan import find_posts, iter_posts, write_post
-from mirror.store import LocalStore
 from mirror.swap import CONFLICT_SUFFIX
 
 W = "http://proxy.example/?"
@@ -453,21 +451,20 @@ def test_out_still_writes_a_fresh_tree(tmp_path: Path) -> None:
 def store(tmp_path: Path) -> tuple[Path, str]:
     """A store holding one object a source names; returns its root and the object's relpath."""
     root = tmp_path / "cache"
-    sha = hashlib.sha256(JPEG).hexdigest()
-    LocalStore(root).put(JPEG, sha, "jpg")
+    sha = store_object(root, JPEG, "jpg")
     source = "http://origin.example/a.jpg"
     with Manifest(manifest_path(root)) as manifest:
         manifest.record_results(
             [SourceResult(source, "mirrored", sha256=sha, ext="jpg", size=len(JPEG))]
         )
-    return root, LocalStore(root).relpath(sha, "jpg")
+    return root, f"{sha[:2]}/{sha}.jpg"
 
 
 def _export(tmp_path: Path, root: Path, dest: Path) -> int:
     return main(["export", "--config", str(_config(tmp_path)), "--store", str(root), str(dest)])
 
 
-@pytest.mark.parametrize("planted", ["objects", "object"])
+@pytest.mark.parametrize("planted", ["shard", "object"])
 def test_export_refuses_symlinks_planted_in_its_folder(
     tmp_path: Path,
     store: tuple[Path, str],
@@ -478,9 +475,9 @@ def test_export_refuses_symlinks_planted_in_its_folder(
     """export never follows a symlink inside DIR, at a folder or at the object's own place."""
     root, rel = store
     dest = tmp_path / "public"
-    if planted == "objects":
+    if planted == "shard":
         dest.mkdir()
-        (dest / "objects").symlink_to(outside)
+        (dest / rel.split("/")[0]).symlink_to(outside)
     else:
         (dest / rel).parent.mkdir(parents=True)
         (dest / rel).symlink_to(outside / "victim.txt")

@@ -24,11 +24,12 @@ import pytest
 from aiohttp import web
 from conftest import threaded_server
 from PIL import Image
+from s3_server import S3Bucket
 
 from mirror.cli import main
 from mirror.errors import ExitStatus
 from mirror.manifest import Manifest, manifest_path
-from mirror.store import local as store_module
+from mirror.store import staging as staging_module
 
 WRAP = "http://proxy.example/?"
 
@@ -327,10 +328,23 @@ def test_full_disk_stops_the_run_cleanly(
     text = post_text("/good/full.jpg")
     (posts / "full.md").write_text(text, encoding="utf-8")
 
-    def full(fd: int, data: bytes) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
+    class FullFile(io.FileIO):
+        """A staged file on a full disk: every write fails as the kernel would."""
 
-    monkeypatch.setattr(store_module, "write_all", full)
+        def write(self, data: object) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    class FullOs:
+        """The os module as the staging area sees it, but its files are on a full disk."""
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(os, name)
+
+        @staticmethod
+        def fdopen(fd: int, mode: str) -> FullFile:
+            return FullFile(fd, "r+")
+
+    monkeypatch.setattr(staging_module, "os", FullOs())
     assert ExitStatus.FAILED == main(["run", *opts, str(posts)])
     assert "disk is full" in capsys.readouterr().err
     assert text == (posts / "full.md").read_text(encoding="utf-8")
@@ -429,3 +443,97 @@ def test_sigkill_mid_run_then_rerun_matches_uninterrupted(
         )
         assert 0 == done.returncode, name
     assert _state(*trees["clean"]) == _state(*trees["killed"])
+
+
+def test_a_rerun_asks_the_store_once_per_object(
+    setup: tuple[Path, Path, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many references to the same objects cost one store.stat per object per run, not each."""
+    from mirror.store.local import FolderStore
+
+    posts, _config, opts = setup
+    for n in range(6):
+        (posts / f"p{n}.md").write_text(post_text("/good/s1.jpg", "/good/s2.jpg"), encoding="utf-8")
+    assert ExitStatus.OK == main(["fetch", *opts, str(posts)])
+    asked: list[str] = []
+    real = FolderStore.stat
+
+    async def counted(self: FolderStore, sha256: str, ext: str) -> object:
+        asked.append(sha256)
+        return await real(self, sha256, ext)
+
+    monkeypatch.setattr(FolderStore, "stat", counted)
+    for post in posts.iterdir():
+        # Edited, so the rerun reads every post instead of skipping it as unchanged.
+        post.write_text(post.read_text(encoding="utf-8") + "\nmore\n", encoding="utf-8")
+    assert ExitStatus.OK == main(["fetch", *opts, str(posts)])
+    stored = sorted(p.name.split(".")[0] for p in (posts.parent / "cache" / "objects").rglob("*.*"))
+    assert stored == sorted(asked)
+
+
+async def _bucket_objects(bucket: S3Bucket, prefix: str) -> dict[str, bytes]:
+    """Every visible object under ``prefix``: key (without the prefix) -> bytes."""
+    async with bucket.client() as client:
+        listing = await client.list_objects_v2(Bucket=bucket.name, Prefix=prefix)
+        found: dict[str, bytes] = {}
+        for item in listing.get("Contents", []):
+            answer = await client.get_object(Bucket=bucket.name, Key=item["Key"])
+            async with answer["Body"] as body:
+                found[item["Key"].removeprefix(prefix)] = await body.read()
+        return found
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_on_s3_then_rerun_matches_uninterrupted(
+    setup: tuple[Path, Path, list[str]], origin: Origin, s3_bucket: S3Bucket, tmp_path: Path
+) -> None:
+    """On a bucket: SIGKILL mid-run, rerun; bucket, posts and manifest equal a clean run's."""
+    _posts, config, _opts = setup
+    asyncio.run(s3_bucket.create())
+    base = config.read_text(encoding="utf-8").replace("read_timeout = 0.3", "read_timeout = 60.0")
+    base = base.split("[store]")[0]
+    trees = {}
+    for name in ("killed", "clean"):
+        posts = tmp_path / name / "posts"
+        posts.mkdir(parents=True)
+        for i in range(30):
+            paths = [f"/slow/{i * 4 + j}.jpg" for j in range(4)]
+            (posts / f"{i:02}.md").write_text(post_text(*paths), encoding="utf-8")
+        own = tmp_path / name / "config.toml"
+        own.write_text(
+            base + f'[store]\nurl = "s3://{s3_bucket.name}/{name}"\n'
+            f'staging = "{tmp_path / name / "staging"}"\n'
+            f'[store.s3]\nendpoint_url = "{s3_bucket.endpoint}"\naddressing = "path"\n',
+            encoding="utf-8",
+        )
+        trees[name] = (posts, own)
+    command = [sys.executable, "-m", "mirror", "run", "-q", "--jobs", "4", "--config"]
+    posts, own = trees["killed"]
+    proc = subprocess.Popen([*command, str(own), str(posts)])
+    deadline = time.monotonic() + 30
+    # Polling a subprocess for an event, bounded: SLOW_FREE objects uploaded, the rest held.
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(asyncio.run(_bucket_objects(s3_bucket, "killed/"))) >= SLOW_FREE:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    origin.gate.set()
+    # No partial object is ever visible: every object there hashes to its name.
+    for key, data in asyncio.run(_bucket_objects(s3_bucket, "killed/")).items():
+        assert key.split("/")[-1].split(".")[0] == hashlib.sha256(data).hexdigest()
+    for name, (posts, own) in trees.items():
+        done = subprocess.run([*command, str(own), str(posts)], timeout=60, check=False)
+        assert 0 == done.returncode, name
+    states = {}
+    for name, (posts, own) in trees.items():
+        texts = {p.name: p.read_bytes() for p in sorted(posts.iterdir())}
+        with Manifest(own.parent / "mirror.sqlite3", readonly=True) as manifest:
+            counts = manifest.counts()
+        states[name] = texts, asyncio.run(_bucket_objects(s3_bucket, f"{name}/")), counts
+    assert states["clean"] == states["killed"]
+    # No row without an object: every object a row names is in the bucket.
+    with Manifest(trees["killed"][1].parent / "mirror.sqlite3", readonly=True) as manifest:
+        named = {f"{row.sha256[:2]}/{row.sha256}.{row.ext}" for row in manifest.objects()}
+    assert named == set(states["killed"][1])

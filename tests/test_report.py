@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import html
 import html.parser
 import io
@@ -17,14 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_image
+from conftest import make_image, object_file, store_object
 from PIL import Image
 
 from mirror.cli import main
 from mirror.errors import ExitStatus
 from mirror.manifest import Attempt, Manifest, SourceResult, manifest_path
 from mirror.report import thumbnail
-from mirror.store import LocalStore
 
 W = "https://cors.zfour.workers.dev/?"
 HOSTILE = 'http://x.example/"><script>alert(1)</script>.jpg'
@@ -47,9 +45,8 @@ def _src(host: str, name: str) -> str:
     return f"http://{host}/img/{name}"
 
 
-def _object(store: LocalStore, data: bytes, ext: str, source: str) -> SourceResult:
-    sha = hashlib.sha256(data).hexdigest()
-    store.put(data, sha, ext)
+def _object(store: Path, data: bytes, ext: str, source: str) -> SourceResult:
+    sha = store_object(store, data, ext)
     with Image.open(io.BytesIO(data)) as image:
         width, height = image.size
     return SourceResult(
@@ -66,10 +63,9 @@ def _failed(source: str, reason: str, status: str = "failed") -> SourceResult:
 def make_blog(tmp_path: Path, images: int = 3) -> Blog:
     """Mirrored images on two hosts, failures on three, posts naming them at known lines."""
     root = tmp_path / "cache"
-    store = LocalStore(root)
     mirrored = [
         _object(
-            store,
+            root,
             make_image("JPEG" if i % 2 else "PNG", (400 + 37 * i, 300 - 11 * i)),
             "jpg" if i % 2 else "png",
             _src("good.example" if i % 3 else "mixed.example", f"{i}.jpg"),
@@ -245,7 +241,7 @@ def test_report_missing_object_is_shown(tmp_path: Path) -> None:
     """An object whose file is gone shows as such instead of a broken image."""
     blog = make_blog(tmp_path)
     sha = blog.mirrored[_src("good.example", "1.jpg")]
-    LocalStore(blog.store).remove(sha, "jpg")
+    object_file(blog.store, sha, "jpg").unlink()
     page = run_report(blog)
     assert 2 == page.count('<img loading="lazy"')
     assert "missing from the store" in page
@@ -377,9 +373,8 @@ def test_report_shows_via_fetched_from_and_details(tmp_path: Path) -> None:
     """An image shows how it was found and the URL that delivered it; each attempt its detail."""
     blog = make_blog(tmp_path)
     capture = "https://web.archive.org/web/20220129101500id_/http://lost.example/img/w.jpg"
-    store = LocalStore(blog.store)
     rescued = dataclasses.replace(
-        _object(store, make_image("PNG", (90, 70)), "png", "http://lost.example/img/w.jpg"),
+        _object(blog.store, make_image("PNG", (90, 70)), "png", "http://lost.example/img/w.jpg"),
         via="wayback",
         fetched_from=capture,
     )

@@ -16,7 +16,7 @@ from urllib.parse import quote
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import FakeResolver
+from conftest import FakeResolver, object_file, store_object
 from yarl import URL
 
 from mirror.access import _escape, runner_options
@@ -27,7 +27,6 @@ from mirror.manifest import Manifest, SourceResult, manifest_path
 from mirror.resolver import Resolver
 from mirror.serve import STATE, create_app, requested_source
 from mirror.source import Classifier
-from mirror.store import LocalStore
 
 if TYPE_CHECKING:
     from conftest import Canary, Upstream
@@ -51,7 +50,7 @@ def remember(root: Path, source: str, data: bytes | None, status: str = "mirrore
     """Put ``data`` in the store and a row for ``source`` in the manifest; return its sha256."""
     sha = hashlib.sha256(data or b"").hexdigest()
     if data is not None:
-        LocalStore(root).put(data, sha, "png")
+        store_object(root, data, "png")
         result = SourceResult(source, "mirrored", sha256=sha, ext="png", size=len(data))
         result = dataclasses.replace(result, format="PNG", width=64, height=48)
     else:
@@ -226,7 +225,7 @@ async def test_large_object_is_streamed_with_ranges(
     """An object over the in-memory limit is streamed from disk, ranges included."""
     data = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 9000  # 2.3 MB
     sha = hashlib.sha256(data).hexdigest()
-    LocalStore(root).put(data, sha, "png")
+    store_object(root, data, "png")
     client = await make_client(serve_config(upstream.config(), root))
     whole = await client.get(f"/mirror/{sha[:2]}/{sha}.png")
     assert (200, data) == (whole.status, await whole.read())
@@ -250,7 +249,7 @@ async def test_closed_world_miss_fetches_a_known_source(
     assert (200, png_bytes) == (second.status, await second.read())
     assert 1 == upstream.hits["/img.png"]
     sha = hashlib.sha256(png_bytes).hexdigest()
-    assert LocalStore(root).has(sha, "png")
+    assert object_file(root, sha, "png").is_file()
     with Manifest(manifest_path(root), readonly=True) as manifest:
         row = manifest.get(source)
     assert row is not None
@@ -452,12 +451,11 @@ async def test_open_mode_evicts_least_recently_served(
     client = await make_client(config)
     assert 200 == (await client.get(f"/?{upstream.url('/img.png')}")).status
     assert 200 == (await client.get(f"/?{upstream.url('/img.jpg')}")).status
-    store = LocalStore(root)
     png_sha = hashlib.sha256(png_bytes).hexdigest()
     jpg_sha = hashlib.sha256(jpeg_bytes).hexdigest()
-    assert not store.has(png_sha, "png")
-    assert store.has(jpg_sha, "jpg")
-    assert store.has(post_sha, "png")
+    assert not object_file(root, png_sha, "png").exists()
+    assert object_file(root, jpg_sha, "jpg").is_file()
+    assert object_file(root, post_sha, "png").is_file()
     with Manifest(manifest_path(root), readonly=True) as manifest:
         served = manifest.conn.execute("SELECT source FROM served").fetchall()
     assert [(upstream.url("/img.jpg"),)] == served
@@ -500,7 +498,7 @@ async def test_missing_object_file_is_fetched_again(
     """A manifest row whose file was deleted counts as a miss and is repaired from the origin."""
     source = upstream.url("/img.png")
     sha = remember(root, source, png_bytes)
-    LocalStore(root).remove(sha, "png")
+    object_file(root, sha, "png").unlink()
     client = await make_client(serve_config(upstream.config(), root))
     response = await client.get(f"/?{source}")
     assert (200, png_bytes) == (response.status, await response.read())

@@ -45,7 +45,7 @@ from mirror.serve import (
     ServeState,
     create_app,
 )
-from mirror.store import LocalStore
+from mirror.store.local import FolderStore
 from mirror.workers import RemoteResolver
 
 if TYPE_CHECKING:
@@ -207,7 +207,7 @@ async def test_failed_urls_are_answered_from_the_hashed_cache(
 @pytest.mark.slow
 def test_query_memo_and_seen_stay_bounded(tmp_path: Path, traced: Callable[[], int]) -> None:
     """200,000 distinct queries through the memo, and as many open-mode hit times: bounded."""
-    store = LocalStore(tmp_path)
+    store = FolderStore(tmp_path)
     config = Config()
     state = ServeState(
         config=config,
@@ -237,20 +237,20 @@ def test_query_memo_and_seen_stay_bounded(tmp_path: Path, traced: Callable[[], i
     assert float(DISTINCT - 1) == state.seen.drain()[long_url(DISTINCT - 1, 300)]
 
 
-def test_object_cache_counts_what_each_object_holds(
+async def test_object_cache_counts_what_each_object_holds(
     tmp_path: Path, traced: Callable[[], int]
 ) -> None:
     """Thousands of tiny cached images stay within memory_cache_bytes, overhead included."""
-    store = LocalStore(tmp_path)
+    store = FolderStore(tmp_path)
     shas = []
     for index in range(2000):
         data = b"GIF89a" + index.to_bytes(4, "big")
         shas.append(hashlib.sha256(data).hexdigest())
-        store.put(data, shas[-1], "gif")
+        await store.put(data, shas[-1], "gif", "image/gif")
     cache = ObjectCache(store, 256 * 1024)
     start = traced()
     for sha in shas:
-        assert cache.load(sha, "gif") is not None
+        assert await cache.load(sha, "gif") is not None
     used = traced() - start
     assert cache.held <= 256 * 1024
     assert 256 * 1024 // (10 + ENTRY_BYTES) == len(cache._items)

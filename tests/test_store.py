@@ -1,5 +1,5 @@
-"""Tests for the store package: the synchronous LocalStore, atomic_write, the store config and
-open_store, and what only the local folder backend does (the contract is test_store_contract)."""
+"""Tests for the store package: atomic_write, the store config and open_store, and what only the
+local folder backend does (the contract both backends keep is test_store_contract)."""
 
 from __future__ import annotations
 
@@ -18,15 +18,7 @@ import pytest
 
 from mirror.config import Config, S3Config, StoreConfig, config_from_mapping
 from mirror.errors import ConfigError, StoreError
-from mirror.models import StoredObject
-from mirror.store import (
-    FolderStore,
-    LocalStore,
-    SyncObjectStore,
-    atomic_write,
-    local_url,
-    open_store,
-)
+from mirror.store import FolderStore, ObjectStore, atomic_write, local_url, open_store
 
 DATA = b"\xff\xd8\xff\xe0 not really a jpeg \xff\xd9"
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -36,121 +28,23 @@ def _files(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
 
-def test_relpath_and_path_follow_the_public_layout(tmp_path: Path) -> None:
-    """Objects live at objects/<first two hex>/<sha256>.<ext>."""
-    store = LocalStore(tmp_path)
-    assert f"objects/{SHA[:2]}/{SHA}.jpg" == store.relpath(SHA, "jpg")
-    assert tmp_path / "objects" / SHA[:2] / f"{SHA}.jpg" == store.path(SHA, "jpg")
-
-
 def test_local_url_depends_only_on_the_bytes() -> None:
     """The local URL is the base URL, the shard and the object name."""
     assert f"/mirror/{SHA[:2]}/{SHA}.png" == local_url("/mirror/", SHA, "png")
 
 
-@pytest.mark.parametrize(
-    ("sha", "ext"), [("../" + SHA[3:], "jpg"), (SHA.upper(), "jpg"), (SHA, "j/g")]
-)
-def test_malformed_keys_are_refused(tmp_path: Path, sha: str, ext: str) -> None:
-    """A key that is not lowercase hex plus a plain extension never becomes a path."""
-    with pytest.raises(ValueError, match="not"):
-        LocalStore(tmp_path).path(sha, ext)
+async def test_an_empty_folder_store_lists_nothing_and_makes_no_folder(tmp_path: Path) -> None:
+    """A store that was never written has no objects, and reading it creates nothing."""
+    async with FolderStore(tmp_path / "none") as store:
+        assert [] == [info async for info in store.objects()]
+        assert None is await store.stat(SHA, "jpg")
+    assert not (tmp_path / "none").exists()
 
 
-def test_put_writes_the_object_and_reads_it_back(tmp_path: Path) -> None:
-    """put stores the bytes under their hash and read returns them."""
-    store = LocalStore(tmp_path)
-    stored = store.put(DATA, SHA, "jpg")
-    assert StoredObject(SHA, "jpg", len(DATA), f"objects/{SHA[:2]}/{SHA}.jpg") == stored
-    assert DATA == store.read(SHA, "jpg")
-    assert store.has(SHA, "jpg")
-    assert [f"objects/{SHA[:2]}/{SHA}.jpg"] == _files(tmp_path)
-
-
-def test_put_is_idempotent_and_stores_same_bytes_once(tmp_path: Path) -> None:
-    """Putting the same bytes again leaves the one existing file untouched."""
-    store = LocalStore(tmp_path)
-    store.put(DATA, SHA, "jpg")
-    path = store.path(SHA, "jpg")
-    before = path.stat()
-    store.put(DATA, SHA, "jpg")
-    after = path.stat()
-    assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
-    assert 1 == len(_files(tmp_path))
-
-
-def test_put_replaces_an_object_of_the_wrong_size(tmp_path: Path) -> None:
-    """A truncated object left behind is rewritten in full."""
-    store = LocalStore(tmp_path)
-    path = store.path(SHA, "jpg")
-    path.parent.mkdir(parents=True)
-    path.write_bytes(DATA[:5])
-    store.put(DATA, SHA, "jpg")
-    assert DATA == path.read_bytes()
-
-
-def test_power_durability_stores_the_same_way(tmp_path: Path) -> None:
-    """The fsyncing mode produces the same layout."""
-    store = LocalStore(tmp_path / "store", durability="power")
-    store.put(DATA, SHA, "jpg")
-    assert [(SHA, "jpg")] == list(store.iter_objects())
-
-
-def test_temp_files_are_invisible_and_cleaned(tmp_path: Path) -> None:
-    """A temp file left by a killed writer is not an object, and cleanup_temp removes it."""
-    store = LocalStore(tmp_path)
-    store.put(DATA, SHA, "jpg")
-    shard = store.path(SHA, "jpg").parent
-    leftover = shard / f".{SHA}.jpg.0123456789ab.tmp"
-    leftover.write_bytes(DATA[:3])
-    (shard / "README").write_text("stray")
-    assert [(SHA, "jpg")] == list(store.iter_objects())
-    assert 0 == store.cleanup_temp()
-    old = time.time() - 7200
-    os.utime(leftover, (old, old))
-    assert 1 == store.cleanup_temp()
-    assert not leftover.exists()
-    assert store.has(SHA, "jpg")
-
-
-def test_iter_objects_on_an_empty_store_yields_nothing(tmp_path: Path) -> None:
-    """A store that was never written has no objects."""
-    assert [] == list(LocalStore(tmp_path / "none").iter_objects())
-
-
-def test_remove_deletes_and_reports(tmp_path: Path) -> None:
-    """remove tells whether the object was there."""
-    store = LocalStore(tmp_path)
-    store.put(DATA, SHA, "jpg")
-    assert (True, False) == (store.remove(SHA, "jpg"), store.remove(SHA, "jpg"))
-    assert not store.has(SHA, "jpg")
-
-
-def test_read_of_a_missing_object_is_a_store_error(tmp_path: Path) -> None:
-    """Reading an object that is not there names it."""
-    with pytest.raises(StoreError, match=SHA):
-        LocalStore(tmp_path).read(SHA, "jpg")
-
-
-def test_put_on_a_full_disk_is_a_store_error_and_leaves_no_temp(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """ENOSPC while writing an object says the disk is full and leaves nothing behind."""
-    store = LocalStore(tmp_path)
-
-    def full(fd: int, data: object) -> int:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(os, "write", full)
-    with pytest.raises(StoreError, match="disk is full"):
-        store.put(DATA, SHA, "jpg")
-    assert [] == _files(tmp_path)
-
-
-def test_local_store_satisfies_the_protocol(tmp_path: Path) -> None:
-    """LocalStore can stand wherever the synchronous store protocol is expected."""
-    store: SyncObjectStore = LocalStore(tmp_path)
-    assert f"objects/{SHA[:2]}/{SHA}.gif" == store.relpath(SHA, "gif")
+def test_folder_store_stands_for_the_protocol(tmp_path: Path) -> None:
+    """FolderStore is an ObjectStore; its keys are the public layout's paths."""
+    store: ObjectStore = FolderStore(tmp_path)
+    assert f"objects/{SHA[:2]}/{SHA}.gif" == store.key(SHA, "gif")
 
 
 def test_atomic_write_creates_and_replaces(tmp_path: Path) -> None:
@@ -240,20 +134,21 @@ def test_atomic_write_leaves_no_temp_when_interrupted(
     ("code", "words"),
     [(errno.EDQUOT, "quota exceeded"), (errno.EROFS, "read-only"), (errno.EACCES, "cannot write")],
 )
-def test_put_maps_os_errors_to_store_error(
+async def test_commit_maps_os_errors_to_store_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, words: str
 ) -> None:
     """Quota, read-only and other OS errors while storing become a StoreError naming the file."""
-    store = LocalStore(tmp_path)
+    store = FolderStore(tmp_path)
 
-    def refuse(src: object, dst: object) -> None:
+    def refuse(self: Path, target: object) -> None:
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(os, "replace", refuse)
+    monkeypatch.setattr(Path, "replace", refuse)
     with pytest.raises(StoreError, match=words) as caught:
-        store.put(DATA, SHA, "jpg")
-    assert str(store.path(SHA, "jpg")) in str(caught.value)
-    assert [] == [p for p in _files(tmp_path) if p.endswith(".tmp")]
+        await store.put(DATA, SHA, "jpg", "image/jpeg")
+    monkeypatch.undo()
+    assert str(store.local_file(SHA, "jpg")) in str(caught.value)
+    assert [] == _files(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -334,18 +229,19 @@ def test_open_store_picks_s3_for_an_s3_url(tmp_path: Path) -> None:
     assert ("s3://bucket/a/b", "bucket", "a/b") == (store.description, store.bucket, store.prefix)
 
 
-async def test_folder_store_reads_what_local_store_wrote(tmp_path: Path) -> None:
-    """Objects written by the synchronous store are the async backend's objects, and back."""
-    legacy = LocalStore(tmp_path)
-    legacy.put(DATA, SHA, "jpg")
+async def test_folder_store_reads_the_public_layout_older_mirrors_wrote(tmp_path: Path) -> None:
+    """A file at objects/<ab>/<sha256>.<ext> is an object, and a put lands in that layout."""
+    old = tmp_path / "objects" / SHA[:2] / f"{SHA}.jpg"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(DATA)
+    other = b"GIF89a other bytes"
+    other_sha = hashlib.sha256(other).hexdigest()
     async with FolderStore(tmp_path) as store:
         assert [(SHA, "jpg", len(DATA))] == [
             (o.sha256, o.ext, o.size) async for o in store.objects()
         ]
-        other = b"GIF89a other bytes"
-        await store.put(other, hashlib.sha256(other).hexdigest(), "gif", "image/gif")
-    assert {(SHA, "jpg"), (hashlib.sha256(other).hexdigest(), "gif")} == set(legacy.iter_objects())
-    assert store.key(SHA, "jpg") == legacy.relpath(SHA, "jpg")
+        await store.put(other, other_sha, "gif", "image/gif")
+    assert other == (tmp_path / "objects" / other_sha[:2] / f"{other_sha}.gif").read_bytes()
 
 
 async def test_folder_store_power_durability_fsyncs_body_and_folders(
@@ -384,8 +280,9 @@ async def test_folder_store_commit_on_a_full_disk_leaves_nothing(
 
 
 async def test_folder_store_cleanup_sweeps_old_temp_files_beside_objects(tmp_path: Path) -> None:
-    """The synchronous store's stale .tmp files go by age; objects and strays stay."""
-    LocalStore(tmp_path).put(DATA, SHA, "jpg")
+    """Older mirrors' stale .tmp files beside objects go by age; objects and strays stay."""
+    async with FolderStore(tmp_path) as store:
+        await store.put(DATA, SHA, "jpg", "image/jpeg")
     shard = tmp_path / "objects" / SHA[:2]
     leftover = shard / f".{SHA}.jpg.0123456789ab.tmp"
     leftover.write_bytes(DATA[:3])

@@ -3,8 +3,9 @@ The object store: where verified images live, by content hash.
 
 :class:`ObjectStore` (in :mod:`mirror.store.base`) is the async seam; :func:`open_store` builds
 the backend that ``[store] url`` names: a local folder (:mod:`mirror.store.local`) or an
-S3-compatible bucket (:mod:`mirror.store.s3`, which alone imports aiobotocore). ``LocalStore``
-is the synchronous store the callers use until they switch (:mod:`mirror.store.legacy`).
+S3-compatible bucket (:mod:`mirror.store.s3`, which alone imports aiobotocore). Every caller
+gets its store here and uses only the protocol; no module outside this package imports a
+backend.
 """
 
 from __future__ import annotations
@@ -17,16 +18,13 @@ from mirror.atomic import atomic_write
 from mirror.config import Config
 from mirror.errors import ConfigError
 from mirror.store.base import ObjectInfo, ObjectStore, Staged, local_url
-from mirror.store.legacy import LocalStore, SyncObjectStore
 from mirror.store.local import FolderStore
 
 __all__ = [
     "FolderStore",
-    "LocalStore",
     "ObjectInfo",
     "ObjectStore",
     "Staged",
-    "SyncObjectStore",
     "atomic_write",
     "local_url",
     "open_store",
