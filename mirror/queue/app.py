@@ -120,8 +120,20 @@ class Payload:
         url = self.proxy or self.source
         return [
             ImageRef(
-                "", 0, 0, 0, url, url, self.source, "queue", self.declared, self.kind,
-                self.proxy is not None, "", "", 0,
+                "",
+                0,
+                0,
+                0,
+                url,
+                url,
+                self.source,
+                "queue",
+                self.declared,
+                self.kind,
+                self.proxy is not None,
+                "",
+                "",
+                0,
             )  # fmt: skip
         ]
 
@@ -178,7 +190,7 @@ class Retry(procrastinate.BaseRetryStrategy):
         return None
 
 
-async def _fetch(context: procrastinate.JobContext, **kwargs: Any) -> str:
+async def _fetch(context: procrastinate.JobContext, /, **kwargs: Any) -> str:
     runner: Runner = context.additional_context[RUNNER]
     return await runner.fetch(Payload.from_json(kwargs))
 

@@ -43,7 +43,7 @@ class StoreFacade:
 
 
 class ManifestFacade:
-    """``host_profile`` and ``record_host_profile`` of the synchronous manifest, over an async one."""
+    """The synchronous manifest's host-profile calls, over an async manifest."""
 
     def __init__(self, manifest: Manifest, loop: asyncio.AbstractEventLoop) -> None:
         self.manifest = manifest

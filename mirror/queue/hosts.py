@@ -135,7 +135,7 @@ class HostSlots:
                 if self._conn is None or self._conn.closed:
                     # A broken slot connection took its slots with it; start a new session.
                     self._conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
-                row = await (await self._conn.execute(query, args)).fetchone()  # type: ignore[arg-type]
+                row = await (await self._conn.execute(query, args)).fetchone()
             except psycopg.Error as exc:
                 if self._conn is not None and self._conn.broken:
                     await self._conn.close()

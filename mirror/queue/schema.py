@@ -118,7 +118,7 @@ def procrastinate_migrations(since: str, until: str) -> list[Path]:
 
 
 async def _scalar(conn: Conn, query: str) -> Any:
-    row = await (await conn.execute(query)).fetchone()  # type: ignore[arg-type]
+    row = await (await conn.execute(query)).fetchone()
     return None if row is None else row[0]
 
 
@@ -153,10 +153,10 @@ async def ensure_schema(conn: Conn, now: float) -> None:
                     conn, "SELECT procrastinate FROM queue_schema ORDER BY version DESC LIMIT 1"
                 )
                 for path in procrastinate_migrations(applied or installed, installed):
-                    await conn.execute(path.read_text(encoding="utf-8"))  # type: ignore[arg-type]
+                    await conn.execute(path.read_text(encoding="utf-8"))
             for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
                 for statement in statements:
-                    await conn.execute(statement)  # type: ignore[arg-type]
+                    await conn.execute(statement)
                 await conn.execute(
                     "INSERT INTO queue_schema VALUES (%s, %s, %s)", (number, installed, now)
                 )

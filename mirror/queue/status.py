@@ -108,9 +108,7 @@ class QueueStatus:
         for h in (*self.hosts, self.totals()):
             rows.append((h.host, str(h.queued), str(h.running), str(h.done), str(h.failed)))
         width = max(len(r[0]) for r in rows)
-        lines = [
-            f"{r[0]:<{width}}  " + "  ".join(f"{c:>7}" for c in r[1:]) for r in rows
-        ]
+        lines = [f"{r[0]:<{width}}  " + "  ".join(f"{c:>7}" for c in r[1:]) for r in rows]
         lines.insert(len(lines) - 1, "-" * len(lines[0]))
         lines.append("")
         lines.append(f"workers alive: {len(self.workers)}")
@@ -125,7 +123,7 @@ class QueueStatus:
 
 
 async def _rows(conn: psycopg.AsyncConnection[Any], query: str, args: tuple[Any, ...]) -> list[Any]:
-    return await (await conn.execute(query, args)).fetchall()  # type: ignore[arg-type]
+    return await (await conn.execute(query, args)).fetchall()
 
 
 async def read_status(config: Config) -> QueueStatus | None:
@@ -147,7 +145,9 @@ async def read_status(config: Config) -> QueueStatus | None:
         raise QueueError(f"queue {redact(url)}: {redact(str(exc).strip())}") from exc
     return QueueStatus(
         tuple(HostCounts(str(h[0]), *(int(n) for n in h[1:])) for h in hosts),
-        tuple(WorkerRow(int(w[0]), w[1], w[2], w[3], w[4], float(w[5]), int(w[6])) for w in workers),
+        tuple(
+            WorkerRow(int(w[0]), w[1], w[2], w[3], w[4], float(w[5]), int(w[6])) for w in workers
+        ),
     )
 
 

@@ -203,9 +203,7 @@ async def run_worker(
         manifest = await stack.enter_async_context(open_manifest(config, clock=clock))
         store = await stack.enter_async_context(open_store(config))
         fetcher = await stack.enter_async_context(Fetcher(config))
-        slots = await stack.enter_async_context(
-            HostSlots(config.manifest.url, config, clock=clock)
-        )
+        slots = await stack.enter_async_context(HostSlots(config.manifest.url, config, clock=clock))
         profiles = ManifestFacade(manifest, loop)
         local: Any = (
             LocalStore(Path(config.store.path), config.store.durability)
@@ -243,13 +241,13 @@ async def run_worker(
         for sig in SIGNALS:
             loop.add_signal_handler(sig, stop.set)
             stack.callback(loop.remove_signal_handler, sig)
-        running = asyncio.create_task(worker.run(), name="queue-worker")
+        running = asyncio.create_task(worker.run(), name="queue-worker")  # type: ignore[no-untyped-call]
         reaper = asyncio.create_task(_reap_every(app, config), name="queue-reaper")
         stopping = asyncio.create_task(stop.wait())
         try:
             await asyncio.wait([running, stopping], return_when=asyncio.FIRST_COMPLETED)
         finally:
-            worker.stop()
+            worker.stop()  # type: ignore[no-untyped-call]
             stopping.cancel()
             reaper.cancel()
             await asyncio.gather(reaper, stopping, return_exceptions=True)
