@@ -134,7 +134,7 @@ class Payload:
                 "",
                 "",
                 0,
-            )  # fmt: skip
+            )
         ]
 
     def context(self) -> Context:
@@ -182,11 +182,9 @@ class Retry(procrastinate.BaseRetryStrategy):
         """Return when to run ``job`` again after ``exception``, or None for never."""
         if isinstance(exception, asyncio.CancelledError | JobAborted):
             return procrastinate.RetryDecision(retry_in={"seconds": 0})
-        if isinstance(exception, StoreError | ManifestError | QueueError):
-            if job.attempts < self.attempts:
-                return procrastinate.RetryDecision(
-                    retry_in={"seconds": RETRY_WAIT * 2**job.attempts}
-                )
+        transient = isinstance(exception, StoreError | ManifestError | QueueError)
+        if transient and job.attempts < self.attempts:
+            return procrastinate.RetryDecision(retry_in={"seconds": RETRY_WAIT * 2**job.attempts})
         return None
 
 
