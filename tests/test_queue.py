@@ -119,3 +119,45 @@ def test_the_queue_needs_postgresql(make_config: Any) -> None:
     with pytest.raises(UsageError) as caught:
         build_app(make_config())
     assert 2 == caught.value.exit_status
+
+
+async def run_workers(config: Config, pg_url: str, count: int, each: int) -> list[Counter[str]]:
+    """Run ``count`` workers of ``each`` tasks until the queue drains; return their outcomes."""
+    stop = asyncio.Event()
+    workers = [asyncio.create_task(run_worker(config, each, stop=stop)) for _ in range(count)]
+    try:
+        await drain(pg_url, workers)
+    finally:
+        stop.set()
+    return list(await asyncio.gather(*workers))
+
+
+async def test_three_workers_never_exceed_per_host(
+    pg_url: str, tmp_path: Path, upstream: Any
+) -> None:
+    """Three workers of 4 tasks each never have more than fetch.per_host requests at one host."""
+    config = queue_config(upstream.config(sources=("origin",), per_host=2), pg_url, tmp_path)
+    urls = [upstream.url(f"/slow?seconds=0.03&n={n}") for n in range(24)]
+    await queue_sources(config, write_posts(tmp_path / "posts", urls))
+    outcomes = await run_workers(config, pg_url, 3, 4)
+    assert 24 == sum(o["mirrored"] for o in outcomes)
+    assert 2 == upstream.max_in_flight
+    assert 24 == len(upstream.hits)
+
+
+async def test_the_breaker_is_shared_by_every_worker(
+    pg_url: str, tmp_path: Path, upstream: Any
+) -> None:
+    """After host_failures failures in a row the host is left alone by all three workers."""
+    fetch = {"sources": ("origin",), "per_host": 1, "host_failures": 3, "attempts": 1}
+    config = queue_config(upstream.config(**fetch), pg_url, tmp_path)
+    urls = [upstream.url(f"/status/503?n={n}") for n in range(12)]
+    await queue_sources(config, write_posts(tmp_path / "posts", urls))
+    outcomes = await run_workers(config, pg_url, 3, 2)
+    assert 12 == sum(sum(o.values()) for o in outcomes)
+    assert 3 == len(upstream.hits)
+    reasons = Counter(reason for _, reason in rows(pg_url).values())
+    assert Counter({"http-503": 3, "host-down": 9}) == reasons
+    with psycopg.connect(pg_url) as conn:
+        found = conn.execute("SELECT failures, down_until FROM queue_hosts").fetchall()
+    assert 1 == len(found) and 3 == found[0][0] and found[0][1] is not None

@@ -76,6 +76,8 @@ class HostSlots:
         self._lock = asyncio.Lock()
         self._events: dict[str, asyncio.Event] = {}
         self._down: dict[str, float] = {}
+        # The slots this worker holds, by host (its session could take them again).
+        self._held: dict[str, set[int]] = {}
 
     async def __aenter__(self) -> Self:
         try:
@@ -129,13 +131,15 @@ class HostSlots:
         """Return until when the shared breaker has ``host`` down, as last heard (or None)."""
         return self._down.get(host)
 
-    async def _call(self, query: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    async def _call(self, query: str, args: Callable[[], tuple[Any, ...]]) -> tuple[Any, ...]:
+        # ``args`` is built under the lock: the held slots it names must be current.
         async with self._lock:
             try:
                 if self._conn is None or self._conn.closed:
                     # A broken slot connection took its slots with it; start a new session.
                     self._conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
-                row = await (await self._conn.execute(query, args)).fetchone()
+                    self._held.clear()
+                row = await (await self._conn.execute(query, args())).fetchone()
             except psycopg.Error as exc:
                 if self._conn is not None and self._conn.broken:
                     await self._conn.close()
@@ -149,8 +153,8 @@ class HostSlots:
         while True:
             event = self._events.setdefault(host, asyncio.Event())
             slot, down = await self._call(
-                "SELECT o_slot, o_down FROM queue_take_slot(%s, %s, %s, %s)",
-                (key, self.per_host, host, self.clock()),
+                "SELECT o_slot, o_down FROM queue_take_slot(%s, %s, %s, %s, %s)",
+                lambda: (key, self.per_host, host, self.clock(), sorted(self._held.get(host, ()))),
             )
             if down is not None:
                 self._down[host] = float(down)
@@ -160,6 +164,7 @@ class HostSlots:
                     f"{host} is down for every worker",
                 )
             if slot >= 0:
+                self._held.setdefault(host, set()).add(int(slot))
                 self.taken += 1
                 return int(slot)
             self.waits += 1
@@ -167,10 +172,19 @@ class HostSlots:
                 await asyncio.wait_for(event.wait(), self.poll)
 
     async def _give(self, host: str, slot: int, outcome: str) -> None:
-        (down,) = await self._call(
-            "SELECT queue_give_slot(%s, %s, %s, %s, %s, %s, %s)",
-            (host_key(host), slot, host, outcome, self.threshold, self.down_for, self.clock()),
-        )
+        now = self.clock()
+        try:
+            (down,) = await self._call(
+                "SELECT queue_give_slot(%s, %s, %s, %s, %s, %s, %s)",
+                lambda: (host_key(host), slot, host, outcome, self.threshold, self.down_for, now),
+            )
+        finally:
+            # Given back, or gone with a broken session: either way no longer this worker's.
+            held = self._held.get(host)
+            if held is not None:
+                held.discard(slot)
+                if not held:
+                    del self._held[host]
         self._wake(host)
         if down is not None:
             if host not in self._down:

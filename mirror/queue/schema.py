@@ -49,8 +49,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             hostname TEXT NOT NULL, pid BIGINT NOT NULL, concurrency BIGINT NOT NULL,
             started DOUBLE PRECISION NOT NULL)""",
         # One round trip per request: is the host down, else the first free slot (or -1).
+        # Session advisory locks are re-entrant: the slots this session holds already are
+        # passed in (held) and skipped, else two tasks of one worker would share a slot.
         f"""CREATE FUNCTION queue_take_slot(k INTEGER, slots INTEGER, h TEXT,
-            now DOUBLE PRECISION, OUT o_slot INTEGER, OUT o_down DOUBLE PRECISION)
+            now DOUBLE PRECISION, held INTEGER[],
+            OUT o_slot INTEGER, OUT o_down DOUBLE PRECISION)
             LANGUAGE plpgsql AS $$
         BEGIN
             o_slot := -1;
@@ -60,7 +63,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             END IF;
             o_down := NULL;
             FOR s IN 0 .. slots - 1 LOOP
-                IF pg_try_advisory_lock(k, {SLOT_BASE} + s) THEN
+                IF NOT (s = ANY(held)) AND pg_try_advisory_lock(k, {SLOT_BASE} + s) THEN
                     o_slot := s;
                     RETURN;
                 END IF;
