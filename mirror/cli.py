@@ -51,6 +51,7 @@ from mirror.marker import (
     prepare_demo_dir,
 )
 from mirror.models import ImageRef, Post
+from mirror.queue import commands as queue_commands
 from mirror.rewrite import decode, post_diff, rewrap, rewrite
 from mirror.scan import find_posts, iter_posts, write_recorded
 from mirror.source import origin_host, wrapper_base
@@ -512,6 +513,8 @@ def cmd_fetch(args: argparse.Namespace, config: Config) -> ExitStatus:
 
 def cmd_run(args: argparse.Namespace, config: Config) -> ExitStatus:
     """Scan, fetch, verify, store and rewrite."""
+    if args.workers is not None:
+        return queue_commands.run_with_workers(args, config)
     return _job(args, config, rewrite=True)
 
 
@@ -835,6 +838,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--base-url", type=_base_url, metavar="URL", help="what local copies' URLs start with"
     )
     run.set_defaults(handler=cmd_run)
+    # The queue's commands (issue #12); the lead moves these two lines into mirror/cli/.
+    queue_commands.add_run_option(run)
+    queue_commands.add_commands(sub, common, network)
 
     serve = _command(sub, "serve", [common, network])
     _store_option(serve, create=True)
