@@ -145,3 +145,40 @@ async def test_status_shows_hosts_and_workers(pg_url: str, tmp_path: Path, upstr
     )
     assert [worker.pid] == [w["pid"] for w in report["workers"]]
     assert b"origin.example" in text
+
+
+def test_run_workers_needs_postgresql(tmp_path: Path) -> None:
+    """`mirror run --workers 2` over a SQLite manifest exits 2 and says what to set."""
+    from mirror.cli import main
+
+    posts = write_posts(tmp_path / "posts", ["http://origin.example/img.png"])
+    before = (posts / "a.md").read_bytes()
+    status = main(["run", "--store", str(tmp_path / "cache"), "--workers", "2", str(posts)])
+    assert 2 == status
+    assert before == (posts / "a.md").read_bytes()
+
+
+async def test_run_workers_rewrites_as_a_plain_run(
+    pg_url: str, tmp_path: Path, upstream: Any
+) -> None:
+    """`mirror run --workers 2` over PostgreSQL leaves the posts as one plain run on SQLite does."""
+    config_path = write_config(tmp_path, pg_url, upstream)
+    urls = [upstream.url("/img.png"), upstream.url("/img.jpg"), upstream.url("/status/404")]
+    queued = write_posts(tmp_path / "queued", urls)
+    plain = write_posts(tmp_path / "plain", urls)
+    run = mirror("run", "--config", str(config_path), "--workers", "2", str(queued))
+    _, err = await asyncio.to_thread(run.communicate, timeout=120)
+    sqlite = tmp_path / "sqlite.toml"
+    text = config_path.read_text(encoding="utf-8")
+    sqlite.write_text(text.replace(f'url = "{pg_url}"', 'url = ""'), encoding="utf-8")
+    single = mirror("run", "--config", str(sqlite), "--store", str(tmp_path / "cache2"), str(plain))
+    _, err2 = await asyncio.to_thread(single.communicate, timeout=120)
+    assert run.returncode == single.returncode, (err, err2)
+    expected = (plain / "a.md").read_bytes()
+    assert expected == (queued / "a.md").read_bytes()
+    assert b"/img.png" not in expected
+    assert {
+        urls[0]: ("mirrored", None),
+        urls[1]: ("mirrored", None),
+        urls[2]: ("failed", "http-404"),
+    } == rows(pg_url)
