@@ -99,6 +99,9 @@ REASONS: tuple[str, ...] = (
     "unreadable",
     "store",
     "manifest",
+    "queue",
+    # a queued run's source no worker finished (its task failed past its retries)
+    "not-fetched",
     "error",
 )
 HTTP_REASON = re.compile(r"http-[1-5][0-9][0-9]")
