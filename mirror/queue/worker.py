@@ -25,8 +25,6 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, cast
 
 import procrastinate
 import psycopg
@@ -40,12 +38,11 @@ from mirror.fetch import Fetcher
 from mirror.manifest import open_manifest
 from mirror.manifest.base import Manifest
 from mirror.manifest.postgres import redact
-from mirror.manifest.sqlite import Manifest as SyncManifest
 from mirror.queue.app import QUEUE, RUNNER, Payload, WorkerJobs, build_app, identity
-from mirror.queue.bridge import ManifestFacade, StoreFacade
+from mirror.queue.bridge import ManifestFacade, make_downloader
 from mirror.queue.hosts import HostSlots
 from mirror.queue.schema import ensure_schema
-from mirror.store import LocalStore, open_store
+from mirror.store import open_store
 from mirror.store.base import ObjectStore
 
 log = logging.getLogger("mirror.fetch")
@@ -205,20 +202,7 @@ async def run_worker(
         fetcher = await stack.enter_async_context(Fetcher(config))
         slots = await stack.enter_async_context(HostSlots(config.manifest.url, config, clock=clock))
         profiles = ManifestFacade(manifest, loop)
-        local: Any = (
-            LocalStore(Path(config.store.path), config.store.durability)
-            if config.store.scheme == "file"
-            else StoreFacade(store, loop)
-        )
-        downloader = Downloader(
-            config,
-            fetcher,
-            cast(LocalStore, local),
-            cast(SyncManifest, profiles),
-            clock,
-            breaker=False,
-            guard=slots,
-        )
+        downloader = make_downloader(config, fetcher, store, profiles, slots, clock)
         runner = Runner(config, manifest, store, downloader, profiles, slots, clock)
 
         async def registered(worker_id: int) -> None:
