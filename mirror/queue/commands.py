@@ -15,9 +15,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from mirror.pipeline import RunSummary
 
 CONFIG_ENV = "MIRROR_QUEUE_CONFIG"
+PR_SET_PDEATHSIG = 1
 # A worker asked to stop gets this long to give its tasks back before SIGKILL.
 STOP_SECONDS = 20.0
 
@@ -146,11 +149,17 @@ def cmd_status(args: argparse.Namespace, config: Config) -> ExitStatus:
     return ExitStatus.OK
 
 
+def _die_with_parent() -> None:
+    # Linux: the worker gets SIGTERM when the run dies, even by SIGKILL (no orphans fetching).
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _spawn(config: Config, count: int) -> list[subprocess.Popen[bytes]]:
     settings = dataclasses.asdict(config)
     env = {**os.environ, CONFIG_ENV: json.dumps(settings)}
     command = [sys.executable, "-m", "mirror", "worker", "--from-run", "--quiet"]
-    return [subprocess.Popen(command, env=env) for _ in range(count)]
+    return [subprocess.Popen(command, env=env, preexec_fn=_die_with_parent) for _ in range(count)]
 
 
 def _stop(workers: Sequence[subprocess.Popen[bytes]]) -> None:
@@ -204,6 +213,8 @@ def run_with_workers(args: argparse.Namespace, config: Config) -> ExitStatus:
     if args.dry_run or args.out is not None or args.every is not None:
         raise UsageError("--workers does not go with --dry-run, --out or --every")
     paths = [p.absolute() for p in args.paths]
+    # SIGTERM ends the run through its finally blocks, so the workers are stopped by pid.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(ExitStatus.INTERRUPTED))
     asyncio.run(_enqueue(config, paths))
     with local_workers(config, args.workers) as workers:
         asyncio.run(_wait_drained(config, workers))
