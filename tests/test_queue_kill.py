@@ -75,6 +75,15 @@ async def until(pg_url: str, query: str, wanted: int, proc: subprocess.Popen[byt
     raise AssertionError(f"never {wanted}: {query}")
 
 
+def alive(pid: int) -> bool:
+    """Tell whether process ``pid`` runs (a zombie nobody reaped yet does not)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
 async def test_a_sigkilled_workers_tasks_are_retried(
     pg_url: str, tmp_path: Path, upstream: Any, make_config: Any
 ) -> None:
@@ -182,3 +191,35 @@ async def test_run_workers_rewrites_as_a_plain_run(
         urls[1]: ("mirrored", None),
         urls[2]: ("failed", "http-404"),
     } == rows(pg_url)
+
+
+async def test_run_workers_killed_takes_its_workers_along(
+    pg_url: str, tmp_path: Path, upstream: Any
+) -> None:
+    """A `mirror run --workers 1` killed with SIGKILL leaves no worker process behind."""
+    config_path = write_config(tmp_path, pg_url, upstream)
+    posts = write_posts(tmp_path / "posts", [upstream.url("/stall?seconds=30")])
+    from mirror.config import load_config
+    from mirror.queue.worker import open_queue
+
+    await open_queue(load_config(config_path))
+    run = mirror("run", "--config", str(config_path), "--workers", "1", str(posts))
+    try:
+        doing = "SELECT count(*) FROM procrastinate_jobs WHERE status = 'doing'"
+        await until(pg_url, doing, 1, run)
+        pid = await count(pg_url, "SELECT pid FROM queue_workers")
+        run.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(run.communicate, timeout=30)
+        upstream.release.set()
+        for _ in range(POLLS):
+            if not alive(pid):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            raise AssertionError("the worker outlived its run")
+    finally:
+        upstream.release.set()
+        if run.returncode is None:
+            run.kill()
+            run.communicate(timeout=30)
