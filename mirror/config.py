@@ -454,6 +454,32 @@ class ServeConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueConfig:
+    """
+    The fetch queue of ``mirror enqueue`` / ``mirror worker`` / ``mirror run --workers``.
+
+    It lives in the PostgreSQL database ``[manifest] url`` names (procrastinate's tables).
+    ``concurrency`` 0 means ``fetch.jobs`` sources at once per worker.
+    """
+
+    concurrency: int = 0
+    heartbeat: float = 10.0
+    stalled_after: float = 30.0
+    retries: int = 5
+    host_down_for: float = 600.0
+    poll_interval: float = 1.0
+
+    def __post_init__(self) -> None:
+        _need("queue.concurrency", self.concurrency >= 0, "must not be negative (0: fetch.jobs)")
+        for name in ("heartbeat", "stalled_after", "host_down_for", "poll_interval"):
+            _positive(f"queue.{name}", getattr(self, name))
+        _need("queue.retries", self.retries >= 0, "must not be negative")
+        # A live worker must never look stalled between two of its heartbeats.
+        ok = self.stalled_after >= 2 * self.heartbeat
+        _need("queue.stalled_after", ok, "must be at least twice queue.heartbeat")
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole tree; build it with :func:`load_config`, change it with ``dataclasses.replace``."""
 
@@ -465,6 +491,7 @@ class Config:
     rewrite: RewriteConfig = field(default_factory=RewriteConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     manifest: ManifestConfig = field(default_factory=ManifestConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
 
     @property
     def base_url(self) -> str:

@@ -39,7 +39,9 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from typing import Protocol
 
 from mirror.config import Config, ProfileConfig
 from mirror.errors import FetchError, MirrorError, PolicyError, StoreError, VerifyError
@@ -57,6 +59,28 @@ WAYBACK = "https://web.archive.org/web/{stamp}id_/{url}"
 # Answers that a different request might change: a hotlink block or a placeholder image.
 PROFILE_REASONS = frozenset({"http-403", "size-mismatch"})
 _HOST_LEVEL = re.compile(r"dns|connection|timeout|tls|truncated|http-5\d\d")
+
+
+def is_host_level(reason: str) -> bool:
+    """Tell whether a failure's reason says the host is in trouble (what the breaker counts)."""
+    return _HOST_LEVEL.fullmatch(reason) is not None
+
+
+class HostGuard(Protocol):
+    """
+    Per-host slots and a breaker shared beyond this process (:mod:`mirror.queue.hosts`).
+
+    ``slot(host)`` is held around each request to the origin host and may raise a FetchError
+    ``host-down``; ``is_down(host)`` is asked before it.
+    """
+
+    def is_down(self, host: str) -> bool:
+        """Tell whether ``host`` is known to be down."""
+        ...
+
+    def slot(self, host: str) -> AbstractAsyncContextManager[None]:
+        """Hold one of ``host``'s request slots."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,10 +185,13 @@ class Downloader:
         clock: Callable[[], float] = time.time,
         *,
         breaker: bool = True,
+        guard: HostGuard | None = None,
     ) -> None:
         self.config = config
         # Per run; a long-lived serve has its negative cache instead.
         self.breaker = breaker
+        # Queue workers: fetch.per_host and the breaker across all workers (mirror.queue).
+        self.guard = guard
         self.fetcher = fetcher
         self.store = store
         self.manifest = manifest
@@ -235,7 +262,7 @@ class Downloader:
         names = names or self.config.fetch.sources
         for name, url in candidates(names, source, refs, context, now):
             at_origin = name in ("origin", "https")
-            if at_origin and host in self._down:
+            if at_origin and (host in self._down or (self.guard and self.guard.is_down(host))):
                 attempts.append(Attempt(name, url, "host-down", f"{host} is down in this run"))
                 first = first or FetchError(f"{host} is down in this run", "host-down")
                 continue
@@ -249,9 +276,20 @@ class Downloader:
                     staged = await stack.enter_async_context(self.store.staging())
                 try:
                     gate = (lambda: self._gate(host)) if at_origin else None
-                    download = await self.fetcher.get(
-                        url, limit_key=host, headers=extra, gate=gate, allow=allow, into=staged.file
+                    slot = (
+                        self.guard.slot(host)
+                        if self.guard is not None and at_origin
+                        else contextlib.nullcontext()
                     )
+                    async with slot:
+                        download = await self.fetcher.get(
+                            url,
+                            limit_key=host,
+                            headers=extra,
+                            gate=gate,
+                            allow=allow,
+                            into=staged.file,
+                        )
                     if download.status == 304:
                         attempts.append(Attempt(label, url, "not-modified"))
                         self._healthy(host)

@@ -18,6 +18,7 @@ status.
     │   └── NotAnImage               HTTP 415
     ├── StoreError                   exit 3  the store cannot be written (a full disk, ...)
     ├── ManifestError                exit 3  the manifest cannot be read or written
+    ├── QueueError                   exit 3  the fetch queue cannot be reached or used
     └── ListenError                  exit 3  ``serve`` cannot listen (the port is in use, ...)
 
 ``LockedError`` (:mod:`mirror.lock`) is a MirrorError too: exit 3. Exit 1 never comes from an
@@ -98,6 +99,9 @@ REASONS: tuple[str, ...] = (
     "unreadable",
     "store",
     "manifest",
+    "queue",
+    # a queued run's source no worker finished (its task failed past its retries)
+    "not-fetched",
     "error",
 )
 HTTP_REASON = re.compile(r"http-[1-5][0-9][0-9]")
@@ -219,6 +223,13 @@ class ManifestError(MirrorError):
 
     exit_status = ExitStatus.FAILED
     reason = "manifest"
+
+
+class QueueError(MirrorError):
+    """The fetch queue (procrastinate's tables in PostgreSQL) cannot be reached or used."""
+
+    exit_status = ExitStatus.FAILED
+    reason = "queue"
 
 
 class ListenError(MirrorError):

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from mirror.cli import queue
 from mirror.cli.options import absolute_paths, check_paths
 from mirror.config import Config, ManifestConfig, StoreConfig, sqlite_manifest
 from mirror.errors import ExitStatus, MirrorError, StoreError, UsageError
@@ -170,6 +171,8 @@ def cmd_fetch(args: argparse.Namespace, config: Config) -> ExitStatus:
 
 def cmd_run(args: argparse.Namespace, config: Config) -> ExitStatus:
     """Scan, fetch, verify, store and rewrite."""
+    if args.workers is not None:
+        return queue.run_with_workers(args, config)
     return _job(args, config, rewrite=True)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mirror import __version__, helptext
+from mirror.cli import queue
 from mirror.cli.care import cmd_export, cmd_gc, cmd_report, cmd_sync, cmd_verify
 from mirror.cli.job import cmd_demo, cmd_fetch, cmd_run
 from mirror.cli.options import (
@@ -183,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--base-url", type=base_url, metavar="URL", help="what local copies' URLs start with"
     )
     run.set_defaults(handler=cmd_run)
+    queue.add_run_option(run)
+    queue.add_commands(sub, common, network)
 
     serve = _command(sub, "serve", [common, network])
     _store_option(serve, create=True)

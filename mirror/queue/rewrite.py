@@ -1,0 +1,130 @@
+"""
+The last step of ``mirror run --workers``: rewrite the posts from the shared manifest.
+
+What ``mirror run`` does to a post once its sources were attempted, with the outcomes read
+from the manifest the workers filled instead of fetched here: the same references are acted on
+(wrapped ones, their raw copies, every raw one with ``scan.raw = "all"``), mirrored ones point
+at their objects, dead wrappers are unwrapped with ``rewrite.on_failure = "unwrap"``, the spans
+are recorded before the post is replaced (for ``mirror rewrite --revert``), a post changed on
+disk meanwhile is left alone, and each finished post is recorded for the next run's stat fast
+path. Nothing is fetched here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+from mirror.config import Config
+from mirror.downloader import Outcome
+from mirror.extract import Extractor
+from mirror.manifest.base import Manifest
+from mirror.manifest.sqlite import SourceRow
+from mirror.models import Post, Span, StoredObject
+from mirror.pipeline import RunSummary, post_key
+from mirror.queue.enqueue import targets
+from mirror.rewrite import decode, encode, replace
+from mirror.scan import iter_posts, write_post
+from mirror.source import origin_host
+from mirror.store.base import local_url
+
+# A source the workers never got to (its task failed past its retries, or was cancelled).
+NOT_FETCHED = "not-fetched"
+
+
+def outcome_of(row: SourceRow | None) -> Outcome:
+    """Return the outcome a manifest row stands for (a missing row: not fetched)."""
+    if row is None:
+        return Outcome("skipped", NOT_FETCHED)
+    if row.status == "mirrored" and row.sha256 and row.ext:
+        obj = StoredObject(row.sha256, row.ext, row.size or 0, "")
+        return Outcome("mirrored", None, obj, row.format, row.width, row.height)
+    return Outcome(row.status, row.reason, attempts=row.attempts, next_attempt=row.next_attempt)
+
+
+async def _write(
+    post: Post, data: bytes, spans: Sequence[Span], manifest: Manifest, durable: bool
+) -> bool:
+    """Record the spans, replace the post; forget the spans when the post changed meanwhile."""
+    generation = await manifest.record_spans(
+        str(post.path),
+        spans,
+        [span.source for span in spans],
+        before_sha256=hashlib.sha256(post.data).hexdigest(),
+        after_sha256=hashlib.sha256(data).hexdigest(),
+    )
+    if write_post(post, data, durable=durable):
+        return True
+    if generation is not None:
+        await manifest.forget_rewrite(str(post.path), generation)
+    return False
+
+
+async def rewrite_posts(
+    config: Config, paths: Sequence[Path], manifest: Manifest, summary: RunSummary
+) -> RunSummary:
+    """
+    Rewrite every post under ``paths`` (absolute) from ``manifest``; count into ``summary``.
+
+    Raises:
+        StoreError: a post cannot be written; ManifestError: the manifest cannot be used.
+    """
+    extractor = Extractor(config.scan)
+    durable = config.store.durability == "power"
+    records = []
+    for post in iter_posts(paths, config.scan):
+        summary.posts += 1
+        text = decode(post.data)
+        refs = extractor(text, post.rel)
+        acted = targets(refs, config)
+        rows = await manifest.get_many(r.source for r in refs)
+        outcomes = {s: outcome_of(rows.get(s)) for s in acted}
+        for source, row in rows.items():
+            if source not in acted and row.status == "mirrored":
+                outcomes[source] = outcome_of(row)
+        reported = [r for r in refs if r.source in outcomes]
+        for ref in reported:
+            outcome = outcomes[ref.source]
+            summary.statuses[outcome.status] += 1
+            if outcome.status != "mirrored":
+                summary.reasons[outcome.reason or "unknown"] += 1
+                summary.failed_hosts[origin_host(ref.source)] += 1
+        summary.saw(post.rel, refs, reported, outcomes)
+        mapping = {
+            s: local_url(config.base_url, o.obj.sha256, o.obj.ext)
+            for s, o in outcomes.items()
+            if o.obj is not None
+        }
+        chosen = refs
+        if config.rewrite.on_failure == "unwrap":
+            unwrap = {s: s for s, o in outcomes.items() if o.obj is None}
+            chosen = [r for r in refs if r.source in mapping or (r.proxied and r.source in unwrap)]
+            mapping = {**unwrap, **mapping}
+        new_text, spans = replace(text, chosen, mapping, site_url=config.rewrite.site_url)
+        data = post.data
+        if spans:
+            data = encode(new_text)
+            if not await _write(post, data, spans, manifest, durable):
+                summary.left_alone += 1
+                continue
+            summary.rewritten += 1
+        waiting = [o.next_attempt or 0.0 for o in outcomes.values() if o.obj is None]
+        st = post.path.stat()
+        records.append(
+            (
+                post_key(post.path),
+                st.st_size,
+                st.st_mtime_ns,
+                st.st_ino,
+                hashlib.sha256(data).hexdigest(),
+                min(waiting) if waiting else None,
+                "run",
+            )
+        )
+        if len(records) >= 256:
+            await manifest.record_posts(records)
+            records = []
+    if records:
+        await manifest.record_posts(records)
+    return summary

@@ -1,0 +1,164 @@
+"""
+The fetch queue against a real PostgreSQL (tests/pg_server.py) and a local aiohttp origin.
+
+Workers run in this process as coroutines, each with its own database sessions (so advisory
+locks and procrastinate's locks are as separate as across machines); the drain waits poll the
+queue's own count, bounded, never a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from mirror.config import Config, ManifestConfig, QueueConfig, StoreConfig
+from mirror.errors import UsageError
+from mirror.manifest import open_manifest
+from mirror.queue.app import build_app
+from mirror.queue.enqueue import enqueue
+from mirror.queue.status import pending
+from mirror.queue.worker import open_queue, run_worker
+
+PROXY = "https://cors.zfour.workers.dev/?"
+# Polls of the queue's count before a drain wait gives up: a bound, not a timing.
+POLLS = 600
+
+
+def queue_config(base: Config, pg_url: str, tmp_path: Path, **queue: Any) -> Config:
+    """Return ``base`` over ``pg_url`` and a store in ``tmp_path``, with quick heartbeats."""
+    settings = {"heartbeat": 0.2, "stalled_after": 1.0, "poll_interval": 0.05, **queue}
+    return dataclasses.replace(
+        base,
+        manifest=ManifestConfig(url=pg_url),
+        store=StoreConfig(path=str(tmp_path / "cache")),
+        queue=QueueConfig(**settings),
+    )
+
+
+def write_posts(folder: Path, urls: list[str]) -> Path:
+    """Write one post naming each of ``urls`` through the proxy; return the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    body = "\n".join(f'<img src="{PROXY}{url}">' for url in urls)
+    (folder / "a.md").write_text(f"---\ntitle: a\n---\n{body}\n", encoding="utf-8")
+    return folder
+
+
+async def queue_sources(config: Config, posts: Path) -> list[Any]:
+    """Enqueue ``posts`` twice; return both summaries."""
+    app = await open_queue(config)
+    async with app.open_async(), open_manifest(config) as manifest:
+        return [await enqueue(config, [posts], app, manifest) for _ in range(2)]
+
+
+async def drain(pg_url: str, workers: list[asyncio.Task[Counter[str]]]) -> None:
+    """Wait until no task waits or runs (or a worker ended), bounded by POLLS."""
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+        for _ in range(POLLS):
+            if await pending(conn) == 0 or any(w.done() for w in workers):
+                return
+            await asyncio.sleep(0.05)
+    raise AssertionError("the queue did not drain")
+
+
+def rows(pg_url: str) -> dict[str, tuple[str, str | None]]:
+    """Return the manifest's rows: source -> (status, reason)."""
+    with psycopg.connect(pg_url) as conn:
+        found = conn.execute("SELECT source, status, reason FROM sources").fetchall()
+    return {s: (st, r) for s, st, r in found}
+
+
+async def test_enqueue_twice_queues_once_and_a_worker_drains_it(
+    pg_url: str, tmp_path: Path, upstream: Any
+) -> None:
+    """Enqueueing twice queues each source once; one worker fetches each once and records it."""
+    config = queue_config(upstream.config(sources=("origin",)), pg_url, tmp_path)
+    urls = [upstream.url("/img.png"), upstream.url("/img.jpg"), upstream.url("/status/404")]
+    first, second = await queue_sources(config, write_posts(tmp_path / "posts", urls))
+    assert (3, 0) == (first.queued, first.in_queue)
+    assert (0, 3) == (second.queued, second.in_queue)
+    stop = asyncio.Event()
+    worker = asyncio.create_task(run_worker(config, 4, stop=stop))
+    await drain(pg_url, [worker])
+    stop.set()
+    outcomes = await worker
+    assert Counter({"mirrored": 2, "failed": 1}) == outcomes
+    assert {
+        urls[0]: ("mirrored", None),
+        urls[1]: ("mirrored", None),
+        urls[2]: ("failed", "http-404"),
+    } == rows(pg_url)
+    assert [1, 1, 1] == [upstream.hits[p] for p in ("/img.png", "/img.jpg", "/status/404")]
+    assert 2 == len([p for p in (tmp_path / "cache").rglob("*.*g") if p.is_file()])
+
+
+async def test_enqueue_skips_what_is_mirrored(pg_url: str, tmp_path: Path, upstream: Any) -> None:
+    """A second enqueue after the worker is done queues only the failure that is due again."""
+    config = queue_config(
+        upstream.config(sources=("origin",), failure_backoff=3600.0), pg_url, tmp_path
+    )
+    urls = [upstream.url("/img.png"), upstream.url("/status/404")]
+    posts = write_posts(tmp_path / "posts", urls)
+    await queue_sources(config, posts)
+    stop = asyncio.Event()
+    worker = asyncio.create_task(run_worker(config, 2, stop=stop))
+    await drain(pg_url, [worker])
+    stop.set()
+    await worker
+    again, _ = await queue_sources(config, posts)
+    assert (0, 1, 1) == (again.queued, again.mirrored, again.not_due)
+
+
+def test_the_queue_needs_postgresql(make_config: Any) -> None:
+    """Without a postgresql:// manifest the queue refuses with a usage error (exit 2)."""
+    with pytest.raises(UsageError) as caught:
+        build_app(make_config())
+    assert 2 == caught.value.exit_status
+
+
+async def run_workers(config: Config, pg_url: str, count: int, each: int) -> list[Counter[str]]:
+    """Run ``count`` workers of ``each`` tasks until the queue drains; return their outcomes."""
+    stop = asyncio.Event()
+    workers = [asyncio.create_task(run_worker(config, each, stop=stop)) for _ in range(count)]
+    try:
+        await drain(pg_url, workers)
+    finally:
+        stop.set()
+    return list(await asyncio.gather(*workers))
+
+
+async def test_three_workers_never_exceed_per_host(
+    pg_url: str, tmp_path: Path, upstream: Any
+) -> None:
+    """Three workers of 4 tasks each never have more than fetch.per_host requests at one host."""
+    config = queue_config(upstream.config(sources=("origin",), per_host=2), pg_url, tmp_path)
+    urls = [upstream.url(f"/slow?seconds=0.03&n={n}") for n in range(24)]
+    await queue_sources(config, write_posts(tmp_path / "posts", urls))
+    outcomes = await run_workers(config, pg_url, 3, 4)
+    assert 24 == sum(o["mirrored"] for o in outcomes)
+    assert 2 == upstream.max_in_flight
+    assert 24 == len(upstream.hits)
+
+
+async def test_the_breaker_is_shared_by_every_worker(
+    pg_url: str, tmp_path: Path, upstream: Any
+) -> None:
+    """After host_failures failures in a row the host is left alone by all three workers."""
+    fetch = {"sources": ("origin",), "per_host": 1, "host_failures": 3, "attempts": 1}
+    config = queue_config(upstream.config(**fetch), pg_url, tmp_path)
+    urls = [upstream.url(f"/status/503?n={n}") for n in range(12)]
+    await queue_sources(config, write_posts(tmp_path / "posts", urls))
+    outcomes = await run_workers(config, pg_url, 3, 2)
+    assert 12 == sum(sum(o.values()) for o in outcomes)
+    assert 3 == len(upstream.hits)
+    reasons = Counter(reason for _, reason in rows(pg_url).values())
+    assert Counter({"http-503": 3, "host-down": 9}) == reasons
+    with psycopg.connect(pg_url) as conn:
+        found = conn.execute("SELECT failures, down_until FROM queue_hosts").fetchall()
+    assert [3] == [f[0] for f in found]
+    assert found[0][1] is not None
