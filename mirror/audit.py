@@ -5,10 +5,13 @@ post needs any more (``gc``).
 ``verify`` re-hashes every object file and compares the files with the ``objects`` rows (which
 every ``sources`` and ``served`` row naming an object joins): *missing* (a row names a file that
 is not there), *corrupt* (the bytes do not hash to the name) and *stray* (a file no row names;
-reported only, ``gc`` removes it). ``--repair`` deletes the corrupt files a manifest row names and
-forgets the missing and corrupt objects' rows so their sources are fetched again
-(:meth:`Manifest.forget_objects`); a corrupt file no row names is only reported, since nothing
-proves mirror wrote it.
+reported only, ``gc`` removes it). ``--repair`` deletes the corrupt files a manifest row names,
+forgets the missing and corrupt objects' rows (:meth:`Manifest.forget_objects`), then fetches
+each such object again at once from the sources the manifest knew produced it: a rewritten post
+names the object by its hash and no longer names the source, so no later run would. An object
+whose new bytes hash to its name is restored with its rows; any other is listed, its sources left
+marked for re-fetch (the post then needs a revert and a run). A corrupt file no row names is
+only reported, since nothing proves mirror wrote it.
 
 ``gc`` keeps an object when any of these holds, and collects everything else:
 
@@ -43,18 +46,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mirror.config import Config, sqlite_manifest
+from mirror.downloader import Context, Downloader
 from mirror.errors import ExitStatus, StoreError, UsageError
 from mirror.extract import Extractor
+from mirror.fetch import Fetcher
 from mirror.lock import StoreLock, command_line
 from mirror.manifest import Manifest, ObjectRow
 from mirror.marker import mark_store
 from mirror.rewrite import decode
 from mirror.scan import iter_posts
 from mirror.store import ObjectInfo, ObjectStore, open_store
+from mirror.summary import plural
 
 # A file no row names is left alone this long: a writer without the store lock (serve) may be
 # between the object's rename and its row's commit.
 STRAY_AGE = 3600.0
+# How many objects ``verify --repair`` names when it cannot restore them.
+LOST_SHOWN = 20
 # `<ab>/<sha256>.<ext>` as local_url writes it, after any base URL.
 _LOCAL_URL = re.compile(r"(?<![0-9a-f])([0-9a-f]{2})/([0-9a-f]{64})\.([a-z0-9]{1,10})(?![a-z0-9])")
 
@@ -168,6 +176,9 @@ class Audit:
     repaired: bool = False
     removed: int = 0
     refetch: int = 0
+    restored: int = 0
+    # Objects whose sources now give other bytes (or none): only a re-run of the post helps.
+    lost: list[str] = field(default_factory=list)
 
     def count(self, kind: str) -> int:
         """How many problems of ``kind`` were found."""
@@ -191,10 +202,21 @@ class Audit:
             f"rows: {counts}"
         ]
         if self.repaired:
+            restored = plural(self.restored, "object")
             out.append(
-                f"  repaired: {self.removed} corrupt files deleted, {self.refetch} sources marked "
-                "for re-fetch by the next `mirror fetch` or `mirror run`"
+                f"  repaired: {self.removed} corrupt files deleted, {restored} fetched again "
+                "from their sources and restored"
             )
+            if self.lost:
+                out.append(
+                    f"  {plural(len(self.lost), 'object')} could not be restored (their sources "
+                    "are down or now give other bytes): their sources are marked for re-fetch; "
+                    "posts that name them by hash need `mirror rewrite --revert` on those posts, "
+                    "then `mirror run`"
+                )
+                out.extend(f"    {key}" for key in self.lost[:LOST_SHOWN])
+                if len(self.lost) > LOST_SHOWN:
+                    out.append(f"    and {len(self.lost) - LOST_SHOWN} more")
         elif self.exit_status:
             out.append("  `mirror verify --repair` drops them and marks their sources for re-fetch")
         if self.count("stray"):
@@ -212,10 +234,10 @@ async def verify(config: Config, *, repair: bool = False) -> Audit:
     """
     with care_manifest(config, write=repair) as manifest:
         async with open_store(config) as store:
-            return await _verify(store, manifest, repair)
+            return await _verify(config, store, manifest, repair)
 
 
-async def _verify(store: ObjectStore, manifest: Manifest, repair: bool) -> Audit:
+async def _verify(config: Config, store: ObjectStore, manifest: Manifest, repair: bool) -> Audit:
     rows = {row.sha256: row for row in manifest.objects()}
     audit = Audit(rows=len(rows))
     found: set[tuple[str, str]] = set()
@@ -255,7 +277,41 @@ async def _verify(store: ObjectStore, manifest: Manifest, repair: bool) -> Audit
         # Rows first, then objects: no row may name an object that is gone.
         audit.refetch = manifest.forget_objects(reasons)
         audit.removed = sum([await store.delete(sha, ext) for sha, ext in corrupt])
+        # A post that names an object by hash no longer names its source, so no later run would
+        # fetch it: fetch it now, from the sources the manifest knew produced it.
+        damaged = {sha: rows[sha] for sha in reasons}
+        restored = await _refetch(config, store, manifest, damaged)
+        audit.restored = len(restored)
+        audit.lost = sorted(
+            store.key(sha, row.ext) for sha, row in damaged.items() if sha not in restored
+        )
     return audit
+
+
+async def _refetch(
+    config: Config, store: ObjectStore, manifest: Manifest, damaged: dict[str, ObjectRow]
+) -> set[str]:
+    """
+    Fetch each damaged object again from its sources; return the sha256s restored.
+
+    Restored means the new bytes hash to the same name, and only then is the source's row
+    written back as mirrored. Bytes of another hash are left as an unnamed object (``gc``'s to
+    collect) and the source stays marked for re-fetch.
+    """
+    restored: set[str] = set()
+    wanted = {sha: row for sha, row in damaged.items() if row.sources}
+    if not wanted:
+        return restored
+    async with Fetcher(config) as fetcher:
+        downloader = Downloader(config, fetcher, store, manifest, breaker=False)
+        for sha, row in wanted.items():
+            for source in row.sources:
+                outcome = await downloader.download(source, [], Context(), {})
+                if outcome.obj is not None and outcome.obj.sha256 == sha:
+                    manifest.record_results([outcome.result(source, time.time())])
+                    restored.add(sha)
+                    break
+    return restored
 
 
 @dataclass(frozen=True, slots=True)

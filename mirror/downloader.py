@@ -38,7 +38,7 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
@@ -81,6 +81,13 @@ class HostGuard(Protocol):
     def slot(self, host: str) -> AbstractAsyncContextManager[None]:
         """Hold one of ``host``'s request slots."""
         ...
+
+
+# Protects an object from serve's eviction until the rows naming it are committed (issue #13
+# row 1): the bytes may already be there as an open-mode object no post names yet, and the post
+# will name it before its sources row commits. A pin taken after an eviction finds the object
+# gone, and the commit that follows writes it again.
+Pin = Callable[[str], Awaitable[object]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,8 +193,11 @@ class Downloader:
         *,
         breaker: bool = True,
         guard: HostGuard | None = None,
+        pin: Pin | None = None,
     ) -> None:
         self.config = config
+        # Called with an object's sha256 before it is committed (see Pin).
+        self.pin = pin
         # Per run; a long-lived serve has its negative cache instead.
         self.breaker = breaker
         # Queue workers: fetch.per_host and the breaker across all workers (mirror.queue).
@@ -296,6 +306,8 @@ class Downloader:
                         return Outcome("mirrored", "not-modified", attempts=tuple(attempts))
                     info = await self._verify(staged, declared, kind)
                     # The manifest row comes after this returns: never a row without an object.
+                    if self.pin is not None:
+                        await self.pin(download.sha256)
                     obj = await self.store.commit(staged, download.sha256, info.ext, info.mime)
                 except (FetchError, VerifyError) as exc:
                     detail = short(exc.detail if isinstance(exc, FetchError) else str(exc))

@@ -124,8 +124,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "re-hash and check the store",
         "Re-hash every object (streamed, from a folder or a bucket) and compare them with the "
         "manifest: missing, corrupt and stray objects, one line each on stdout. --repair "
-        "deletes corrupt objects the manifest names and marks their sources (and the missing "
-        "ones') for re-fetch.",
+        "deletes corrupt objects the manifest names and fetches them (and the missing ones) "
+        "again at once from their sources; what cannot be restored is listed.",
         """\
   mirror verify
   mirror verify --repair --store /srv/mirror/cache""",

@@ -25,6 +25,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import secrets
 import sys
 import time
 from collections import Counter, OrderedDict
@@ -57,6 +58,9 @@ RECENT = 4096
 PLAN_URLS = 10
 # The report's reason for a mirrored reference in Markdown text left as written (no absolute URL).
 TEXT_NEEDS_ABSOLUTE_URL = "text-needs-absolute-url"
+# How long a run's pin outlives it when the run is killed: far longer than any post's wait
+# between an object's commit and its rows' (one batch), short enough to free serve's budget.
+PIN_SECONDS = 6 * 3600.0
 # Objects known to be in the store, per run; beyond this the oldest are asked about again.
 PRESENT = 16384
 # A staged file (or S3 multipart upload) this old is stale even when its writer may be alive: a
@@ -269,6 +273,8 @@ class Job:
         self._pending: list[SourceResult] = []
         self._posts: list[PostRecord] = []
         self._failure: BaseException | None = None
+        # Whose pins these are: this run's only (a killed run's expire after PIN_SECONDS).
+        self.holder = f"run:{os.getpid()}:{secrets.token_hex(4)}"
 
     async def run(self, paths: Sequence[Path]) -> RunSummary:
         """
@@ -292,7 +298,7 @@ class Job:
             try:
                 async with Fetcher(self.config) as fetcher:
                     self._downloader = Downloader(
-                        self.config, fetcher, self.store, self.manifest, self.clock
+                        self.config, fetcher, self.store, self.manifest, self.clock, pin=self._pin
                     )
                     await self._all_posts(paths)
                     self.summary.fetched_bytes = self._downloader.fetched_bytes
@@ -300,8 +306,16 @@ class Job:
                 # Cancelled (SIGTERM) or failing: keep what finished; objects are already stored.
                 with contextlib.suppress(MirrorError):
                     self._flush()
+                    # Only posts whose rows are committed name our objects: those rows keep them.
+                    self.manifest.unpin(self.holder)
                 raise
             self._flush()
+            self.manifest.unpin(self.holder)
+
+    async def _pin(self, sha256: str) -> None:
+        """Keep serve's eviction off an object until the rows naming it are committed."""
+        # A pin that finds the object evicted needs nothing more: the commit after it writes it.
+        self.manifest.pin([sha256], self.holder, self.clock() + PIN_SECONDS)
 
     async def _all_posts(self, paths: Sequence[Path]) -> None:
         slots = asyncio.Semaphore(POSTS_IN_FLIGHT)

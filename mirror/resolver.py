@@ -29,6 +29,7 @@ from mirror.catalog import Catalog, Entry
 from mirror.config import Config
 from mirror.downloader import Context, Downloader
 from mirror.manifest import Manifest, SourceResult
+from mirror.manifest import base as seam
 from mirror.metrics import Metrics
 from mirror.source import host_allowed, hostname, origin_host
 from mirror.store import ObjectStore
@@ -248,6 +249,7 @@ class Resolver:
         *,
         store: ObjectStore,
         manifest: Manifest,
+        evictor: seam.Manifest,
         downloader: Downloader,
         catalog: Catalog,
         metrics: Metrics,
@@ -256,6 +258,7 @@ class Resolver:
         self.config = config
         self.store = store
         self.manifest = manifest
+        self.evictor = evictor
         self.downloader = downloader
         self.catalog = catalog
         self.metrics = metrics
@@ -336,12 +339,11 @@ class Resolver:
             await asyncio.to_thread(self.manifest.record_results, [result])
             return
         await asyncio.to_thread(self.manifest.record_served, source, result)
-        evicted = await asyncio.to_thread(
-            self.manifest.evict_served, self.config.serve.max_store_bytes
+        # Decided and deleted in one write transaction of the manifest, so a run's pin lands
+        # either before it (the object is spared) or after it (the run writes the object again).
+        evicted = await self.evictor.evict_served(
+            self.config.serve.max_store_bytes, self.store.delete
         )
-        for sha256, ext in evicted:
-            # The rows are gone (committed) before the object, so no row names a missing one.
-            await self.store.delete(sha256, ext)
         if evicted:
             self.metrics.inc("mirror_evicted_objects_total", by=len(evicted))
             log.info("open mode: evicted %d objects over serve.max_store_bytes", len(evicted))

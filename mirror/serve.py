@@ -49,7 +49,7 @@ from mirror.config import Config, sqlite_manifest
 from mirror.downloader import Downloader
 from mirror.errors import ConfigError, MirrorError, StoreError
 from mirror.fetch import Fetcher
-from mirror.manifest import Manifest
+from mirror.manifest import Manifest, open_manifest
 from mirror.metrics import Metrics, merge, render
 from mirror.resolver import Resolution, Resolver, Resolves
 from mirror.response import IMMUTABLE, SAFE_HEADERS, Loaded, ObjectCache, preflight, send
@@ -439,11 +439,14 @@ async def local_resolver(
     config: Config, store: ObjectStore, catalog: Catalog, dns: AbstractResolver | None
 ) -> AsyncIterator[Resolver]:
     with Manifest(catalog.path, durability=config.store.durability) as manifest:
-        async with Fetcher(config, resolver=dns) as fetcher:
+        # Eviction alone goes through the async seam, on its own connection: it holds the
+        # write lock across the store's deletes without blocking the loop.
+        async with open_manifest(config) as evictor, Fetcher(config, resolver=dns) as fetcher:
             resolver = Resolver(
                 config,
                 store=store,
                 manifest=manifest,
+                evictor=evictor,
                 downloader=Downloader(config, fetcher, store, manifest, breaker=False),
                 catalog=catalog,
                 metrics=Metrics(),

@@ -217,38 +217,67 @@ def test_verify_reports_missing_corrupt_and_stray(
         assert {"mirrored": 3} == {k: v for k, v in manifest.counts().items() if v}
 
 
-def test_verify_repair_then_fetch_refetches_exactly_those(
+def test_verify_repair_fetches_the_damaged_objects_again_at_once(
     site: Site, origin: Origin, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """--repair deletes the corrupt file and re-queues both sources; fetch gets just those two."""
+    """--repair re-fetches the corrupt and the missing object from their sources, no run needed."""
     site.write("a.md", 1, 2, 3)
     assert ExitStatus.OK == main(["fetch", *site.opts, str(site.posts)])
     _corrupt, stray = damage(site)
-    assert ExitStatus.INCOMPLETE == main(["verify", "--repair", *site.opts])
-    assert "2 sources marked for re-fetch" in capsys.readouterr().err
-    assert not site.path(1).exists()
-    assert stray.exists()
-    with site.manifest() as manifest:
-        rows = manifest.get_many([src(1), src(2), src(3)])
-    assert ("failed", "corrupt-object", None) == (
-        rows[src(1)].status,
-        rows[src(1)].reason,
-        rows[src(1)].sha256,
-    )
-    assert ("failed", "missing-object", None) == (
-        rows[src(2)].status,
-        rows[src(2)].reason,
-        rows[src(2)].sha256,
-    )
-    assert "mirrored" == rows[src(3)].status
     before = Counter(origin.hits)
-    assert ExitStatus.OK == main(["fetch", *site.opts, str(site.posts)])
+    assert ExitStatus.INCOMPLETE == main(["verify", "--repair", *site.opts])
+    err = capsys.readouterr().err
+    assert "1 corrupt files deleted, 2 objects fetched again from their sources and restored" in err
     assert {"/img/1.jpg": 1, "/img/2.jpg": 1} == dict(origin.hits - before)
     assert image_n(1) == site.path(1).read_bytes()
     assert image_n(2) == site.path(2).read_bytes()
-    capsys.readouterr()
+    assert stray.exists()
+    with site.manifest() as manifest:
+        rows = manifest.get_many([src(1), src(2), src(3)])
+    assert [("mirrored", sha(image_n(n))) for n in (1, 2, 3)] == [
+        (rows[src(n)].status, rows[src(n)].sha256) for n in (1, 2, 3)
+    ]
     assert ExitStatus.OK == main(["verify", *site.opts])
     assert "0 missing, 0 corrupt, 1 stray" in capsys.readouterr().err
+
+
+def test_verify_repair_restores_what_a_rewritten_post_names_by_hash(
+    site: Site, origin: Origin, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After `run` the post names only the hash; a lost object still comes back (#13 row 1)."""
+    site.write("a.md", 1, 2)
+    assert ExitStatus.OK == main(["run", *site.opts, str(site.posts)])
+    rewritten = (site.posts / "a.md").read_bytes()
+    assert src(1).encode() not in rewritten
+    site.path(1).unlink()
+    assert ExitStatus.OK == main(["run", *site.opts, str(site.posts)])
+    assert not site.path(1).exists()  # a run cannot see it: the post no longer names the source
+    assert ExitStatus.INCOMPLETE == main(["verify", "--repair", *site.opts])
+    assert image_n(1) == site.path(1).read_bytes()
+    assert rewritten == (site.posts / "a.md").read_bytes()
+    capsys.readouterr()
+    assert ExitStatus.OK == main(["verify", *site.opts])
+    assert "0 missing, 0 corrupt, 0 stray" in capsys.readouterr().err
+
+
+def test_verify_repair_names_what_its_sources_cannot_give_back(
+    site: Site, origin: Origin, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A source now 404: the object is listed, its source marked, and the message says what next."""
+    site.write("a.md", 1, 2)
+    assert ExitStatus.OK == main(["fetch", *site.opts, str(site.posts)])
+    site.path(2).unlink()
+    origin.broken.add("/img/2.jpg")
+    capsys.readouterr()
+    assert ExitStatus.INCOMPLETE == main(["verify", "--repair", *site.opts])
+    err = capsys.readouterr().err
+    assert "0 objects fetched again from their sources and restored" in err
+    assert "1 object could not be restored" in err
+    assert f"{sha(image_n(2))}.jpg" in err
+    with site.manifest() as manifest:
+        row = manifest.get(src(2))
+    assert row is not None
+    assert ("failed", "missing-object", None) == (row.status, row.reason, row.sha256)
 
 
 def test_verify_without_manifest_is_a_usage_error(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from mirror.config import Config
 from mirror.manifest import base
@@ -89,5 +88,6 @@ def open_manifest(
         from mirror.manifest.postgres import PostgresManifest  # psycopg only for PostgreSQL
 
         return PostgresManifest(settings.url, readonly=readonly, clock=clock)
-    path = settings.path or manifest_path(Path(config.store.path))
+    path = config.manifest_file
+    assert path is not None  # None only for PostgreSQL, handled above
     return SQLiteManifest(path, durability=config.store.durability, readonly=readonly, clock=clock)
