@@ -1,10 +1,13 @@
 """
 The in-memory URL map of ``serve``: source URL -> stored object, so a hit never touches SQLite.
 
-It is loaded from the manifest and reloaded when the manifest changes: the SQLite file and its
+It is loaded from the manifest once, then kept current incrementally: the SQLite file and its
 write-ahead log are stat()ed every ``serve.refresh_interval`` seconds, and a change in either
-(every commit appends to the log; a checkpoint rewrites the file) triggers a full reload in a
-thread. What this process fetches itself is added at once with :meth:`Catalog.add`.
+(every commit appends to the log; a checkpoint rewrites the file) reads, in a thread, only the
+rows of the sources changed since the last refresh (the manifest's change feed,
+:meth:`~mirror.manifest.Manifest.catalog_changes`). A cursor the feed has trimmed away, or a
+manifest replaced by another file, loads everything again. What this process fetches itself is
+added at once with :meth:`Catalog.add`.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mirror.errors import ManifestError
-from mirror.manifest import Manifest
+from mirror.manifest import CatalogRow, CursorExpired, Manifest
 from mirror.verify import KINDS
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,43 @@ def _signature(path: Path) -> tuple[int, ...]:
     return tuple(parts)
 
 
+def _apply(
+    rows: list[CatalogRow],
+    gone: list[str],
+    entries: dict[str, Entry],
+    known: set[str],
+    served: set[str],
+) -> None:
+    """
+    Make the maps say what ``rows`` say of each source in them, and forget the ``gone`` ones.
+
+    Each source is set in one step (never removed, then added back), so a lookup from the loop
+    while a refresh runs sees either the old answer or the new one.
+    """
+    for source in gone:
+        entries.pop(source, None)
+        known.discard(source)
+        served.discard(source)
+    now: dict[str, tuple[bool, bool, Entry | None]] = {}
+    for row in rows:
+        is_known, is_served, entry = now.get(row.source, (False, False, None))
+        # A row names an object only when mirrored (a failed refresh keeps the object).
+        if row.sha256 and row.ext and row.size is not None:
+            entry = Entry(row.sha256, row.ext, row.size)
+        if row.status == "served":
+            is_served = True
+        else:
+            is_known = True
+        now[row.source] = (is_known, is_served, entry)
+    for source, (is_known, is_served, entry) in now.items():
+        if entry is None:
+            entries.pop(source, None)
+        else:
+            entries[source] = entry
+        (known.add if is_known else known.discard)(source)
+        (served.add if is_served else served.discard)(source)
+
+
 class Catalog:
     """
     ``lookup`` (mirrored sources) and ``knows`` (any source a post named) for the closed world.
@@ -66,10 +106,16 @@ class Catalog:
     def __init__(self, manifest: Path) -> None:
         self.path = manifest
         self.entries: dict[str, Entry] = {}
-        self.known: frozenset[str] = frozenset()
-        self.served: frozenset[str] = frozenset()
+        self.known: set[str] = set()
+        self.served: set[str] = set()
         self.loaded = False
+        # What the refreshes did, for the status page and the tests: full loads, rows read.
+        self.full_loads = 0
+        self.rows_read = 0
         self._signature: tuple[int, ...] | None = None
+        # The change feed's cursor of the last load, and the file it belongs to (its inode).
+        self._cursor: int | None = None
+        self._inode = 0
 
     def lookup(self, source: str) -> Entry | None:
         """Return the object stored for ``source``, or None."""
@@ -103,23 +149,36 @@ class Catalog:
             self._signature = signature
             self.loaded = True
             return False
+        inode = signature[0]
         with Manifest(self.path, readonly=True) as manifest:
-            rows = manifest.catalog()
+            if self._cursor is not None and inode == self._inode:
+                try:
+                    rows, gone, cursor = manifest.catalog_changes(self._cursor)
+                except CursorExpired:
+                    pass
+                else:
+                    if cursor == self._cursor:
+                        # The file changed but not the catalog (a checkpoint, another table).
+                        self._signature = signature
+                        return False
+                    _apply(rows, gone, self.entries, self.known, self.served)
+                    self._done(signature, cursor, inode, len(rows))
+                    return True
+            rows, cursor = manifest.catalog_snapshot()
+        # Built aside and swapped in: a lookup meanwhile sees the old map, never a half one.
         entries: dict[str, Entry] = {}
         known: set[str] = set()
         served: set[str] = set()
-        for row in rows:
-            if row.status == "served":
-                served.add(row.source)
-            else:
-                known.add(row.source)
-            # A row names an object only when mirrored (a failed refresh keeps the object).
-            if row.sha256 and row.ext and row.size is not None:
-                entries[row.source] = Entry(row.sha256, row.ext, row.size)
-        self.entries, self.known, self.served = entries, frozenset(known), frozenset(served)
-        self._signature = signature
-        self.loaded = True
+        _apply(rows, [], entries, known, served)
+        self.entries, self.known, self.served = entries, known, served
+        self.full_loads += 1
+        self._done(signature, cursor, inode, len(rows))
         return True
+
+    def _done(self, signature: tuple[int, ...], cursor: int, inode: int, rows: int) -> None:
+        self._signature, self._cursor, self._inode = signature, cursor, inode
+        self.rows_read += rows
+        self.loaded = True
 
     async def refresh(self, interval: float) -> None:
         """Reload whenever the manifest changes, until cancelled."""
