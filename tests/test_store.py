@@ -3,6 +3,7 @@ local folder backend does (the contract both backends keep is test_store_contrac
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import errno
 import hashlib
@@ -19,6 +20,7 @@ import pytest
 from mirror.config import Config, S3Config, StoreConfig, config_from_mapping
 from mirror.errors import ConfigError, StoreError
 from mirror.store import FolderStore, ObjectStore, atomic_write, local_url, open_store
+from mirror.store.s3 import ByteBudget
 
 DATA = b"\xff\xd8\xff\xe0 not really a jpeg \xff\xd9"
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -343,3 +345,33 @@ async def test_s3_staging_refuses_a_folder_that_is_not_private(
         async with store.staging():
             pass
     assert [] == [p for p in folder.iterdir()]
+
+
+async def test_the_s3_byte_budget_holds_bodies_one_budget_at_a_time() -> None:
+    """Two bodies that do not fit together wait in turn; one over the budget goes alone."""
+    budget = ByteBudget(10)
+    order: list[str] = []
+    first_in = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hold(name: str, size: int) -> None:
+        async with budget.hold(size):
+            order.append(f"{name}+")
+            assert budget.held <= max(size, budget.limit)
+            if name == "a":
+                first_in.set()
+                await release.wait()
+            order.append(f"{name}-")
+
+    a = asyncio.create_task(hold("a", 6))
+    await first_in.wait()
+    b = asyncio.create_task(hold("b", 6))  # does not fit beside a: waits
+    c = asyncio.create_task(hold("c", 2))  # would fit, but comes after b
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert ["a+"] == order
+    release.set()
+    await asyncio.gather(a, b, c)
+    assert ["a+", "a-", "b+", "b-", "c+", "c-"] == order
+    await asyncio.wait_for(hold("big", 50), 5)  # larger than the whole budget: alone, not never
+    assert 0 == budget.held
