@@ -19,8 +19,8 @@ from pathlib import Path
 from mirror.config import Config
 from mirror.downloader import Outcome
 from mirror.extract import Extractor
+from mirror.manifest import SourceRow
 from mirror.manifest.base import Manifest
-from mirror.manifest.sqlite import SourceRow
 from mirror.models import Post, Span, StoredObject
 from mirror.pipeline import RunSummary, post_key
 from mirror.queue.enqueue import targets
