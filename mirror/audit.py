@@ -381,9 +381,21 @@ class Collection:
         ]
 
 
-async def collect(config: Config, paths: Sequence[Path], *, apply: bool = False) -> Collection:
+async def collect(
+    config: Config, paths: Sequence[Path], *, apply: bool = False, stray_age: float = STRAY_AGE
+) -> Collection:
     """
     Find the objects no post under ``paths`` needs; with ``apply``, delete them.
+
+    Args:
+        config: the store and the scan settings.
+        paths: every folder of posts; what none of them needs is garbage.
+        apply: delete the garbage (rows first), then clean up what interrupted writers left.
+        stray_age: seconds before an object no row names, a staged file or a multipart upload
+            counts as abandoned rather than in progress (:data:`STRAY_AGE`).
+
+    Returns:
+        What was found and, with ``apply``, done.
 
     Raises:
         UsageError: a PATH does not exist, or there is no post under them (which would make
@@ -399,11 +411,11 @@ async def collect(config: Config, paths: Sequence[Path], *, apply: bool = False)
         raise UsageError("no posts under the given PATHs: refusing to call every object garbage")
     with care_manifest(config, write=apply) as manifest:
         async with open_store(config) as store:
-            return await _collect(store, manifest, refs, apply)
+            return await _collect(store, manifest, refs, apply, stray_age)
 
 
 async def _collect(
-    store: ObjectStore, manifest: Manifest, refs: References, apply: bool
+    store: ObjectStore, manifest: Manifest, refs: References, apply: bool, stray_age: float
 ) -> Collection:
     rows = manifest.objects()
     needed = set(refs.shas)
@@ -417,7 +429,7 @@ async def _collect(
             file = store.key(row.sha256, row.ext)
             result.garbage.append(Garbage(row.sha256, row.ext, file, size, True, row.sources))
     named = {(row.sha256, row.ext) for row in rows}
-    cutoff = time.time() - STRAY_AGE
+    cutoff = time.time() - stray_age
     for (sha, ext), info in stored.items():
         if (sha, ext) in named or sha in needed or info.modified > cutoff:
             continue
@@ -434,7 +446,7 @@ async def _collect(
         result.unmirrored = manifest.forget_objects(doomed)
         for g in result.garbage:
             await store.delete(g.sha256, g.ext)
-        result.temp_removed = await store.cleanup(older_than=STRAY_AGE)
+        result.temp_removed = await store.cleanup(older_than=stray_age)
     return result
 
 

@@ -14,6 +14,8 @@ from mirror.marker import check_store, mark_store
 
 def cmd_serve(args: argparse.Namespace, config: Config) -> ExitStatus:
     """Serve /?<url> and stored objects until SIGTERM."""
+    from mirror.serve import check_store as check_serving
+    from mirror.store import open_store
     from mirror.workers import run_serve
 
     serve = config.serve
@@ -22,6 +24,10 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> ExitStatus:
         if value is not None:
             serve = override(serve, "--" + name.replace("_", "-"), **{name: value})
     config = dataclasses.replace(config, serve=serve)
+    if args.worker_of is None:
+        # Here, before any worker starts: each worker would refuse, be restarted, and the owner
+        # would end with status 0 once they kept dying.
+        check_serving(config, open_store(config))
     if args.worker_of is None and config.store.scheme == "file":
         # Workers get their owner's checked config; only the process that was started checks.
         # Open mode fills its store by itself, so it may start one; the closed world serves
