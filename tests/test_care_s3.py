@@ -112,7 +112,7 @@ def fetched(site: Bucketed, capsys: pytest.CaptureFixture[str], *numbers: int) -
 def test_verify_reports_corrupt_missing_and_stray_objects(
     site: Bucketed, origin: Origin, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Bytes overwritten in the bucket are corrupt, a deleted key missing; --repair restores them."""
+    """Overwritten bytes in the bucket are corrupt, a deleted key missing; --repair restores."""
     fetched(site, capsys, 1, 2, 3)
     assert ExitStatus.OK == main(["verify", *site.opts])
     out, err = out_err(capsys)
