@@ -649,7 +649,11 @@ def sqlite_manifest(config: Config) -> Path:
     """
     found = config.manifest_file
     if found is None:
-        raise ConfigError("manifest.url", "a PostgreSQL manifest is not usable by the commands yet")
+        raise ConfigError(
+            "manifest.url",
+            "a PostgreSQL manifest serves only the queue's commands so far "
+            "(enqueue, worker, status, run --workers N)",
+        )
     return found
 
 
