@@ -9,6 +9,11 @@ config=${MIRROR_CONFIG:-/config/config.toml}
 posts=${MIRROR_POSTS:-/posts}
 poll=${JOB_POLL_SECONDS:-10}
 limit=${JOB_WAIT_SECONDS:-21600}
+# A poll of 0 would never add up to the limit: the wait must be bounded.
+if [ "$poll" -lt 1 ]; then
+    echo "mirror-job: JOB_POLL_SECONDS must be a whole number of at least 1" >&2
+    exit 2
+fi
 # Sources still to do in `mirror status --json`; a database without a queue has no totals.
 left_code='import json, sys; t = json.load(sys.stdin).get("totals", {}); print(t.get("queued", 0) + t.get("running", 0))'
 
