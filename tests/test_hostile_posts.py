@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from conftest import make_image, store_object, threaded_server
+from test_store_contract import DEAD_WRITER, WORKTREE
 
 from mirror import scan, swap
 from mirror.atomic import atomic_write, temp_name, write_temp
@@ -373,6 +374,21 @@ def test_run_removes_post_temp_files_at_once_whatever_their_age(
         [p.exists() for p in left],
         [p.exists() for p in kept],
     )
+
+
+def test_run_removes_a_killed_writers_staged_download_at_once(tmp_path: Path, origin: int) -> None:
+    """A download staged by a writer that died (kill -9) goes at the next run, however fresh."""
+    posts = tmp_path / "p"
+    posts.mkdir()
+    (posts / "a.md").write_text(REF, encoding="utf-8")
+    config = str(_config(tmp_path, origin))
+    assert ExitStatus.OK == main(["run", "--config", config, str(posts)])
+    staging = tmp_path / "cache" / ".staging"
+    dead = [sys.executable, "-c", DEAD_WRITER, str(WORKTREE), str(staging)]
+    assert 0 == subprocess.run(dead, check=False, timeout=60).returncode
+    assert 1 == len(list(staging.iterdir()))  # seconds old: the one-hour rule alone keeps it
+    assert ExitStatus.OK == main(["run", "--config", config, str(posts)])
+    assert [] == list(staging.iterdir())
 
 
 def test_a_dry_run_removes_no_temp_file(tmp_path: Path) -> None:
