@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psycopg
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.append(str(Path(__file__).resolve().parent.parent / "tests"))  # last: shadows nothing
 import pg_server  # tests/ is no package: found through the path above
 
 STOP_SECONDS = 30.0
