@@ -15,6 +15,7 @@ exit 0 and one store object per image, named by its sha256); a run that lost one
     python bench/fetch.py --smoke                  # 50 images, 1 run, tmpfs only
     python bench/fetch.py --append BENCHMARKS.md   # also append the results in Markdown
     python bench/fetch.py --profile prof.txt       # then one mirror run under py-spy (raw)
+    python bench/fetch.py --tools mirror,mirror-w2,aria2c   # add `mirror run --workers 2`
 
 Exit status 0 when every run succeeded, 1 otherwise (each problem is printed). A peer that is not
 installed is skipped with a note; the target (mirror's median wall time <= aria2c's on tmpfs) is
@@ -54,15 +55,19 @@ from peers import (
     installed,
     make_tools,
     mirror_command,
+    queue_tools,
     timed,
     version,
     write_inputs,
 )
+from pg import Postgres
 from pyspy import profile_mirror
 
 HOSTS = 20
 BASELINE = "aria2c"
 TARGET = 1.0  # mirror's median wall time / aria2c's, on tmpfs
+QUEUED = ("mirror-w1", "mirror-w2")  # `mirror run --workers N`: need PostgreSQL, never default
+MIRRORS = ("mirror", *QUEUED)
 
 
 @dataclass(slots=True)
@@ -77,6 +82,7 @@ class Bench:
     notes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     commands: dict[str, str] = field(default_factory=dict)
+    db: Postgres | None = None  # started by prepare() for the mirror-wN rows only
 
     @property
     def megabytes(self) -> float:
@@ -87,8 +93,13 @@ class Bench:
         """Write the posts and every tool's input; keep the wanted tools that are installed."""
         write_posts(self.root / "posts", self.pictures, HOSTS)
         write_inputs(self.root, self.pictures, self.origins)
-        every = make_tools(self.root, self.pictures, self.root / "posts")
-        self.tools, skipped = installed(every, self.args.tools.split(","))
+        posts, wanted = self.root / "posts", self.args.tools.split(",")
+        every = make_tools(self.root, self.pictures, posts)
+        if any(key in QUEUED for key in wanted):
+            self.db = Postgres()
+            self.db.start()  # RuntimeError (binaries missing, initdb failed) stops the bench
+            every[1:1] = queue_tools(self.root, self.pictures, posts, self.db)
+        self.tools, skipped = installed(every, wanted)
         self.notes += skipped
 
     def measure(self, tool: Tool, where: str, base: Path, number: int) -> None:
@@ -96,20 +107,28 @@ class Bench:
         dest, n = base / "dest", len(self.pictures)
         shutil.rmtree(dest, ignore_errors=True)
         dest.mkdir(parents=True)
+        if tool.setup is not None:
+            tool.setup(dest)
         command = tool.argv(dest)
         self.commands.setdefault(tool.key, shlex.join(command))
         log = self.root / f"{tool.key}-{where}-{number}.log"
-        before = self.origins.cpu_seconds()
+        before, db_before = self.origins.cpu_seconds(), self.db_cpu()
+        started = time.time()  # the clock file mtimes use
         done = timed(command, log, self.args.timeout)
         origin_cpu = self.origins.cpu_seconds() - before
+        db_cpu = self.db_cpu() - db_before
         arrived = tool.arrived(dest)
+        objects = object_times(dest, started) if tool.key.startswith("mirror") else None
         shutil.rmtree(dest, ignore_errors=True)
-        run, status = Run(done, origin_cpu, arrived), done.status
+        run, status = Run(done, origin_cpu, arrived, db_cpu, objects), done.status
         tag = f"[{where}] {f'run {number}' if number else 'warm-up'} {tool.label}:"
+        extra = f", PostgreSQL CPU {db_cpu:.2f} s" if tool.key in QUEUED else ""
+        if objects:
+            extra += f", objects written {objects[0]:.2f}-{objects[1]:.2f} s after start"
         print(
             f"{tag} {done.wall:.2f} s, {arrived}/{n} images, exit {status}, CPU {done.cpu:.2f} s "
             f"(user {done.user:.2f} + sys {done.sys:.2f}), max RSS {mb(done.maxrss_mb)} MB, "
-            f"nginx CPU {origin_cpu:.2f} s",
+            f"nginx CPU {origin_cpu:.2f} s{extra}",
             flush=True,
         )
         if status != 0 or arrived != n:
@@ -121,6 +140,10 @@ class Bench:
                 tool.failures[where] = tool.failures.get(where, 0) + 1
         elif number:
             tool.runs.setdefault(where, []).append(run)
+
+    def db_cpu(self) -> float:
+        """Return PostgreSQL's CPU seconds so far (0 when the bench runs none)."""
+        return 0.0 if self.db is None else self.db.cpu_seconds()
 
     def run_all(self, destinations: list[tuple[str, Path]]) -> None:
         """Warm up (tmpfs, untimed), then alternate the tools ``--runs`` times per destination."""
@@ -167,36 +190,57 @@ class Bench:
         n, size, medians = len(self.pictures), self.megabytes, self.medians(where)
         base = medians.get(BASELINE)
         head = ["tool", "median s", "min s", "max s", "images/s", "MB/s", f"x {BASELINE}"]
-        rows = [[*head, "CPU s", "max RSS MB", "nginx CPU s", "failed"]]
+        rows = [[*head, "CPU s", "CPU ms/image", "PostgreSQL CPU s", "max RSS MB"]]
+        rows[0] += ["nginx CPU s", "objects at s", "failed"]
         for tool in self.tools:
             runs = tool.runs.get(where, [])
             failed = f"{tool.failures.get(where, 0)}/{self.args.runs}"
             if not runs:
-                rows.append([tool.label, *["-"] * 9, failed])
+                rows.append([tool.label, *["-"] * 12, failed])
                 continue
             wall, walls = medians[tool.key], [r.timed.wall for r in runs]
             cpu = statistics.median(r.timed.cpu for r in runs)
+            db = statistics.median(r.db_cpu for r in runs)
             rss = statistics.median(r.timed.maxrss_mb or math.nan for r in runs)
             origin = statistics.median(r.origin_cpu for r in runs)
+            spans = [r.objects for r in runs if r.objects]
+            at = "-"
+            if spans:
+                first, last = (statistics.median(s[i] for s in spans) for i in (0, 1))
+                at = f"{first:.2f}-{last:.2f}"
             rows.append(
                 [
                     *(tool.label, f"{wall:.2f}", f"{min(walls):.2f}", f"{max(walls):.2f}"),
                     *(f"{n / wall:,.0f}", f"{size / wall:.1f}"),
                     f"{wall / base:.2f}" if base else "-",
-                    *(f"{cpu:.2f}", mb(rss), f"{origin:.2f}", failed),
+                    *(f"{cpu:.2f}", f"{1000 * (cpu + db) / n:.2f}"),
+                    f"{db:.2f}" if tool.key in QUEUED else "-",
+                    *(mb(rss), f"{origin:.2f}", at, failed),
                 ]
             )
         return markdown_table(rows)
 
-    def verdict(self, where: str) -> str:
-        """Return the target line for ``where``, against the measured ratio."""
-        medians = self.medians(where)
-        target = f"target: mirror fetch median wall <= {BASELINE}'s (ratio <= {TARGET:.2f})"
-        if "mirror" not in medians or BASELINE not in medians:
-            return f"{target}: not measured"
-        ratio = medians["mirror"] / medians[BASELINE]
-        met = "met" if ratio <= TARGET else "MISSED"
-        return f"{target}: {ratio:.2f} on {len(self.pictures):,} images ({where}) - {met}"
+    def verdict(self, where: str) -> list[str]:
+        """Return the target line of each mirror row at ``where``, against the measured ratio."""
+        medians, lines = self.medians(where), []
+        for tool in self.tools:
+            if tool.key not in MIRRORS:
+                continue
+            target = f"target: {tool.label} median wall <= {BASELINE}'s (ratio <= {TARGET:.2f})"
+            if tool.key not in medians or BASELINE not in medians:
+                lines.append(f"{target}: not measured")
+                continue
+            ratio = medians[tool.key] / medians[BASELINE]
+            met = "met" if ratio <= TARGET else "MISSED"
+            count = f"{len(self.pictures):,} images ({where})"
+            lines.append(f"{target}: {ratio:.2f} on {count} - {met}")
+        return lines
+
+
+def object_times(store: Path, started: float) -> tuple[float, float] | None:
+    """Return when the first and last store objects were written, in seconds after ``started``."""
+    times = [f.stat().st_mtime for f in (store / "objects").glob("*/*")]
+    return (min(times) - started, max(times) - started) if times else None
 
 
 def mb(value: float | None) -> str:
@@ -263,11 +307,15 @@ def report(
         why = "the figure for the ratio" if where == "tmpfs" else "file creation is erratic here"
         title = f"Destination {where} ({base}, {kind}; {why})"
         table, verdict = bench.table(where), bench.verdict(where)
-        print(f"\n{title}:\n{table}\n{verdict}")
-        markdown += ["", f"{title}:", "", table, "", f"- {verdict}"]
+        print(f"\n{title}:\n{table}\n" + "\n".join(verdict))
+        markdown += ["", f"{title}:", "", table, "", *[f"- {v}" for v in verdict]]
     notes = [
-        "CPU s: user+sys of the tool's process and its children (os.wait4); nginx CPU s: what "
-        "the origins' master and workers used during the run; both medians",
+        "CPU s: user+sys of the tool's process and its children (os.wait4; for run --workers "
+        "the workers it reaps are included); PostgreSQL CPU s: the postmaster's, its reaped "
+        "backends' and live children's (/proc) during the run; CPU ms/image: (CPU s + "
+        "PostgreSQL CPU s) / images; nginx CPU s: what the origins' master and workers used "
+        "during the run; objects at s: when the first and last store object were written "
+        "(mtime), seconds after the command started; all medians",
         "aria2c gets one `out=<name>` line per URL, curl a `url`/`output` pair per URL with "
         "--output-dir, wget2 writes basenames; names are unique and every DEST starts empty",
         'mirror.toml: fetch.jobs = 32, fetch.sources = ["origin"] (a failure never falls back '
@@ -277,6 +325,14 @@ def report(
         "as they come; no hashing, verification, store or manifest (the one-process floor)",
         *([startup] if startup else []),
     ]
+    if bench.db is not None:
+        notes.append(
+            "mirror run --workers N: the same mirror.toml plus [manifest] url = a fresh database "
+            "per run on one local PostgreSQL (tests/pg_server.py's: fsync off, 127.0.0.1), a "
+            "fresh copy of the posts per run (run rewrites them in place), both made before the "
+            "timed command; queue.* defaults (poll_interval 1 s); each worker runs fetch.jobs "
+            "= 32 sources at once"
+        )
     again = shlex.join(["python", "bench/fetch.py", *args.argv])
     commands = [again, *bench.commands.values(), shlex.join(bench.origins.nginx.command())]
     print("\n" + "\n".join([*notes, *profile]))
@@ -352,6 +408,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench.problems.append(f"stopped early: {exc}")
     finally:
         origins.stop()
+        if bench.db is not None:
+            bench.db.stop()  # by the postmaster's pid
         bench.problems += [f"nginx: {p}" for p in origins.problems]
         for _, path in [] if args.keep else destinations:
             shutil.rmtree(path, ignore_errors=True)

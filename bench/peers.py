@@ -19,9 +19,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from corpus import EXT, Origins, Picture
 from nginx import stop_group
+
+if TYPE_CHECKING:
+    from pg import Postgres
 
 JOBS = 32
 BENCH = Path(__file__).resolve().parent
@@ -53,6 +57,8 @@ class Run:
     timed: Timed
     origin_cpu: float
     arrived: int
+    db_cpu: float = 0.0  # PostgreSQL's user+sys meanwhile (the queue rows only)
+    objects: tuple[float, float] | None = None  # first, last store object's mtime after start
 
 
 @dataclass(slots=True)
@@ -63,6 +69,7 @@ class Tool:
     label: str
     argv: Callable[[Path], list[str]]
     arrived: Callable[[Path], int]
+    setup: Callable[[Path], None] | None = None  # before each run, untimed
     runs: dict[str, list[Run]] = field(default_factory=dict)
     failures: dict[str, int] = field(default_factory=dict)
 
@@ -166,6 +173,40 @@ def mirror_command(root: Path, store: Path, posts: Path) -> list[str]:
     return [
         *(sys.executable, "-m", "mirror", "fetch", "--config", config),
         *("--store", str(store), "-q", str(posts)),
+    ]
+
+
+def queue_tools(root: Path, pictures: Sequence[Picture], posts: Path, db: Postgres) -> list[Tool]:
+    """
+    Return `mirror run --workers 1` and `--workers 2`: a fresh database and posts copy per run.
+
+    ``run`` rewrites the posts in place and its queue lives in the manifest's database, so each
+    run starts from a copy of the pristine posts under DEST's parent and an empty database.
+    """
+
+    def setup(dest: Path) -> None:
+        work = dest.parent / "queue"
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(posts, work / "posts")
+        config = (root / "mirror.toml").read_text(encoding="utf-8")
+        url = db.fresh_database()
+        (work / "mirror.toml").write_text(f'{config}\n[manifest]\nurl = "{url}"\n', "utf-8")
+
+    def command(workers: int) -> Callable[[Path], list[str]]:
+        def argv(dest: Path) -> list[str]:
+            work = dest.parent / "queue"
+            return [
+                *(sys.executable, "-m", "mirror", "run", "--workers", str(workers)),
+                *("--config", str(work / "mirror.toml"), "--store", str(dest), "-q"),
+                str(work / "posts"),
+            ]
+
+        return argv
+
+    objects = count_objects(pictures)
+    return [
+        Tool(f"mirror-w{n}", f"mirror run --workers {n}", command(n), objects, setup)
+        for n in (1, 2)
     ]
 
 

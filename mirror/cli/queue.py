@@ -111,7 +111,10 @@ async def _enqueue(config: Config, paths: Sequence[Path]) -> dict[str, Any]:
 
     app = await open_queue(config)
     async with app.open_async(), open_manifest(config) as manifest:
-        return (await enqueue(config, paths, app, manifest)).to_json()
+        summary = (await enqueue(config, paths, app, manifest)).to_json()
+        # Planned without statistics (a new table), fetching a job scans the queue once per job.
+        await app.connector.execute_query_async("ANALYZE procrastinate_jobs")
+        return summary
 
 
 def cmd_worker(args: argparse.Namespace, config: Config) -> ExitStatus:
