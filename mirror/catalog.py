@@ -1,13 +1,15 @@
 """
-The in-memory URL map of ``serve``: source URL -> stored object, so a hit never touches SQLite.
+The in-memory URL map of ``serve``: source URL -> stored object, so a hit never reads the manifest.
 
-It is loaded from the manifest once, then kept current incrementally: the SQLite file and its
-write-ahead log are stat()ed every ``serve.refresh_interval`` seconds, and a change in either
-(every commit appends to the log; a checkpoint rewrites the file) reads, in a thread, only the
-rows of the sources changed since the last refresh (the manifest's change feed,
-:meth:`~mirror.manifest.Manifest.catalog_changes`). A cursor the feed has trimmed away, or a
-manifest replaced by another file, loads everything again. What this process fetches itself is
-added at once with :meth:`Catalog.add`.
+It is loaded from the manifest once, then kept current incrementally through the manifest's
+change feed (``catalog_changes``: only the rows of the sources changed since the last refresh).
+Over a SQLite file the file and its write-ahead log are stat()ed every ``serve.refresh_interval``
+seconds, and a change in either (every commit appends to the log; a checkpoint rewrites the
+file) reads the feed in a thread. Over PostgreSQL (``feed``: the async manifest, on a connection
+of its own) the refresh waits on ``wait_for_change``, which a commit anywhere wakes, at most
+``serve.refresh_interval`` s. A cursor the feed has trimmed away, or a manifest replaced by
+another file, loads everything again. What this process fetches itself is added at once with
+:meth:`Catalog.add`; :meth:`Catalog.sync` catches up at once (a miss another node answered).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from mirror.errors import ManifestError
 from mirror.manifest import CatalogRow, CursorExpired, Manifest
+from mirror.manifest import base as seam
 from mirror.verify import KINDS
 
 log = logging.getLogger(__name__)
@@ -103,8 +106,18 @@ class Catalog:
     world.
     """
 
-    def __init__(self, manifest: Path) -> None:
+    def __init__(self, manifest: Path | None = None, *, feed: seam.Manifest | None = None) -> None:
+        """
+        Map the SQLite file ``manifest``, or the async manifest ``feed`` (PostgreSQL).
+
+        Raises:
+            ValueError: neither or both given.
+        """
+        if (manifest is None) == (feed is None):
+            raise ValueError("a catalog reads either a SQLite file or an async manifest")
         self.path = manifest
+        self.feed = feed
+        self._lock = asyncio.Lock()
         self.entries: dict[str, Entry] = {}
         self.known: set[str] = set()
         self.served: set[str] = set()
@@ -142,6 +155,7 @@ class Catalog:
         Raises:
             ManifestError: the manifest exists but cannot be read.
         """
+        assert self.path is not None, "reload() is for a SQLite file; sync() reads a feed"
         signature = _signature(self.path)
         if signature == self._signature:
             return False
@@ -165,6 +179,16 @@ class Catalog:
                     self._done(signature, cursor, inode, len(rows))
                     return True
             rows, cursor = manifest.catalog_snapshot()
+        self._swap(rows)
+        self._done(signature, cursor, inode, len(rows))
+        return True
+
+    def _done(self, signature: tuple[int, ...] | None, cursor: int, inode: int, rows: int) -> None:
+        self._signature, self._cursor, self._inode = signature, cursor, inode
+        self.rows_read += rows
+        self.loaded = True
+
+    def _swap(self, rows: list[CatalogRow]) -> None:
         # Built aside and swapped in: a lookup meanwhile sees the old map, never a half one.
         entries: dict[str, Entry] = {}
         known: set[str] = set()
@@ -172,28 +196,71 @@ class Catalog:
         _apply(rows, [], entries, known, served)
         self.entries, self.known, self.served = entries, known, served
         self.full_loads += 1
-        self._done(signature, cursor, inode, len(rows))
-        return True
 
-    def _done(self, signature: tuple[int, ...], cursor: int, inode: int, rows: int) -> None:
-        self._signature, self._cursor, self._inode = signature, cursor, inode
-        self.rows_read += rows
-        self.loaded = True
+    async def sync(self) -> bool:
+        """
+        Catch up with the manifest now; tell whether the map changed.
+
+        Raises:
+            ManifestError: the manifest cannot be read.
+        """
+        async with self._lock:  # the refresh task and a miss may both ask
+            if self.feed is None:
+                return await asyncio.to_thread(self.reload)
+            if self._cursor is not None:
+                try:
+                    rows, gone, cursor = await self.feed.catalog_changes(self._cursor)
+                except CursorExpired:
+                    pass
+                else:
+                    if cursor == self._cursor:
+                        return False
+                    _apply(rows, gone, self.entries, self.known, self.served)
+                    self._done(None, cursor, 0, len(rows))
+                    return True
+            rows, cursor = await self.feed.catalog()
+            self._swap(rows)
+            self._done(None, cursor, 0, len(rows))
+            return True
+
+    async def readable(self) -> None:
+        """
+        Read the manifest once, for ``/readyz``.
+
+        Raises:
+            ManifestError: it cannot be read.
+        """
+        if self.feed is not None:
+            await self.feed.counts()
+            return
+        assert self.path is not None
+        await asyncio.to_thread(_counts, self.path)
 
     async def refresh(self, interval: float) -> None:
         """Reload whenever the manifest changes, until cancelled."""
         while True:
             try:
-                if await asyncio.to_thread(self.reload):
+                if self.feed is not None:
+                    # Woken by a commit on any node; the interval only bounds one wait.
+                    await self.feed.wait_for_change(interval)
+                if await self.sync():
                     log.debug("catalog reloaded: %d objects", len(self.entries))
             except ManifestError as exc:
                 # Keep serving what is known; /readyz reports the manifest as unreadable.
                 log.warning("cannot reload the URL map: %s", exc)
                 self._signature = None
-            await asyncio.sleep(interval)
+                if self.feed is not None:
+                    await asyncio.sleep(interval)  # a database that is down answers at once
+            if self.feed is None:
+                await asyncio.sleep(interval)
 
     async def run_refresh(self, interval: float) -> asyncio.Task[None]:
         """Load once now, then start :meth:`refresh` in the background; return its task."""
         with contextlib.suppress(ManifestError):
-            await asyncio.to_thread(self.reload)
+            await self.sync()
         return asyncio.create_task(self.refresh(interval), name="catalog-refresh")
+
+
+def _counts(path: Path) -> None:
+    with Manifest(path, readonly=True) as manifest:
+        manifest.counts()

@@ -651,8 +651,8 @@ def sqlite_manifest(config: Config) -> Path:
     if found is None:
         raise ConfigError(
             "manifest.url",
-            "a PostgreSQL manifest serves only the queue's commands so far "
-            "(enqueue, worker, status, run --workers N)",
+            "a PostgreSQL manifest serves only these commands so far: serve, enqueue, "
+            "worker, status, run --workers N",
         )
     return found
 

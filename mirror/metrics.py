@@ -41,6 +41,17 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
     "mirror_served_bytes_total": ("counter", "Body bytes sent to clients.", ()),
     "mirror_evicted_objects_total": ("counter", "Open-mode objects evicted.", ()),
+    # Several serve nodes over one PostgreSQL manifest (mirror.resolver's shared mode).
+    "mirror_lease_waits_total": (
+        "counter",
+        "Misses that waited for another serve node's fetch lease.",
+        (),
+    ),
+    "mirror_evictions_skipped_total": (
+        "counter",
+        "Evictions left to the serve node holding the eviction lease.",
+        (),
+    ),
 }
 HISTOGRAM = "mirror_fetch_seconds"
 HISTOGRAM_HELP = "Time of one upstream fetch, verification and store included."

@@ -11,14 +11,25 @@ answering.
 
 With ``--workers N`` exactly one process owns a Resolver and the workers reach it over a Unix
 socket (:mod:`mirror.workers`), so the fetch limits and single flight are global.
+
+Everything is recorded through the async manifest (:mod:`mirror.manifest.base`). Over
+PostgreSQL several ``serve`` nodes share one manifest and behave as one proxy
+(:attr:`Resolver.shared`): a miss is fetched by the node that takes the lease ``fetch:<url>``,
+the others wait for its release and answer from the catalog (caught up at once) or the negative
+cache, which lives in the manifest (``negative_get``/``negative_put``); eviction runs only on
+the node holding the lease ``evict``. Over SQLite the single flight and the negative cache are
+this process's, as one process owns the file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import sys
 import time
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -28,9 +39,10 @@ from mirror.bounded import BoundedMap, url_key
 from mirror.catalog import Catalog, Entry
 from mirror.config import Config
 from mirror.downloader import Context, Downloader
-from mirror.manifest import Manifest, SourceResult
+from mirror.manifest import SourceResult
 from mirror.manifest import base as seam
 from mirror.metrics import Metrics
+from mirror.queue.bridge import ManifestFacade
 from mirror.source import host_allowed, hostname, origin_host
 from mirror.store import ObjectStore
 
@@ -50,6 +62,12 @@ RECENT_FAILURES = 100
 RECENT_SOURCE_CHARS = 256
 # Distinct (status, reason, message) answers shared by every entry that gives them.
 SHARED_ANSWERS = 256
+# How often a node waiting on another's fetch lease tries again when the holder went away
+# without an answer (its fetch was cancelled, or the lease expired); then it fetches itself.
+LEASE_TRIES = 3
+# A fetch lease outlives the request that started it by this much: storing runs to its end.
+LEASE_MARGIN = 30.0
+EVICT_LEASE = "evict"
 
 T = TypeVar("T")
 
@@ -248,13 +266,30 @@ class Resolver:
         config: Config,
         *,
         store: ObjectStore,
-        manifest: Manifest,
+        manifest: seam.Manifest,
         evictor: seam.Manifest,
         downloader: Downloader,
         catalog: Catalog,
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
+        profiles: ManifestFacade | None = None,
     ) -> None:
+        """
+        Own fetching for one serve process.
+
+        Args:
+            config: the tree (``serve`` and ``manifest.url``, which says whether nodes share).
+            store: where objects go.
+            manifest: records results, served URLs and hit times (and, shared, leases and
+                the negative cache).
+            evictor: the manifest on a connection of its own, for ``evict_served``.
+            downloader: fetches and verifies.
+            catalog: the URL map, told at once of what this process fetched.
+            metrics: this process's counters.
+            clock: monotonic time for the local negative cache and durations.
+            profiles: the downloader's host-profile facade, read ahead of each fetch (when the
+                downloader takes one rather than the synchronous SQLite manifest).
+        """
         self.config = config
         self.store = store
         self.manifest = manifest
@@ -263,6 +298,10 @@ class Resolver:
         self.catalog = catalog
         self.metrics = metrics
         self.clock = clock
+        self.profiles = profiles
+        self.shared = config.manifest.scheme == "postgresql"
+        # Unique per process and start, so a restarted node never inherits its old leases.
+        self.holder = f"serve:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self.flight: SingleFlight[Resolution] = SingleFlight()
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_FAILURES)
         self.snapshots: dict[str, dict[str, Any]] = {}
@@ -276,13 +315,14 @@ class Resolver:
         refused = self._refuse(source)
         if refused is not None:
             return refused
-        remembered = self.failures.lookup(source, self.clock())
+        remembered = await self._remembered(source)
         if remembered is not None:
             self.metrics.inc("mirror_negative_cache_hits_total")
             return remembered
         timeout = self.config.serve.request_timeout
+        work = self._fetch_shared if self.shared else self._fetch
         try:
-            resolution, joined = await self.flight.do(source, lambda: self._fetch(source), timeout)
+            resolution, joined = await self.flight.do(source, lambda: work(source), timeout)
         except OverflowError:
             return Resolution(503, "busy", "too many fetches in flight; try again")
         except TimeoutError:
@@ -301,10 +341,53 @@ class Resolver:
             return None
         return Resolution(403, "not-allowed", "this host is not in serve.allow_hosts")
 
+    async def _remembered(self, source: str) -> Resolution | None:
+        """The negative cache's answer for ``source`` while its backoff lasts, else None."""
+        if not self.shared:
+            return self.failures.lookup(source, self.clock())
+        found = await self.manifest.negative_get(source)
+        if found is None or found.until <= time.time():
+            return None
+        return Resolution(found.status, found.reason, f"upstream failed: {found.reason}")
+
+    async def _answered(self, source: str) -> Resolution | None:
+        """What another node's fetch of ``source`` left: its object or its failure, else None."""
+        await self.catalog.sync()
+        entry = self.catalog.lookup(source)
+        if entry is not None and await self.store.stat(entry.sha256, entry.ext) is not None:
+            return Resolution(200, entry=entry)
+        remembered = await self._remembered(source)
+        if remembered is not None:
+            self.metrics.inc("mirror_negative_cache_hits_total")
+        return remembered
+
+    async def _fetch_shared(self, source: str) -> Resolution:
+        """Fetch ``source`` once across the nodes: the lease holder fetches, the others wait."""
+        key = f"fetch:{source}"
+        ttl = self.config.serve.request_timeout + LEASE_MARGIN
+        for _ in range(LEASE_TRIES):
+            if await self.manifest.lease(key, self.holder, ttl):
+                try:
+                    # Another node may have finished between our miss and our lease.
+                    done = await self._answered(source)
+                    return done if done is not None else await self._fetch(source)
+                finally:
+                    await self.manifest.release(key, self.holder)
+            self.metrics.inc("mirror_lease_waits_total")
+            if not await self.manifest.wait_released(key, self.config.serve.request_timeout):
+                timeout = self.config.serve.request_timeout
+                return Resolution(504, "timeout", f"no answer within {timeout:g} s")
+            done = await self._answered(source)
+            if done is not None:
+                return done
+        return await self._fetch(source)
+
     async def _fetch(self, source: str) -> Resolution:
         started = self.clock()
         fallback = self.config.serve.fallback_proxy
         context = Context(proxy=fallback + source if fallback else None)
+        if self.profiles is not None:
+            await self.profiles.load(hostname(source))
         outcome = await self.downloader.download(
             source, [], context, {}, names=("origin", "proxy"), allow=self._allow()
         )
@@ -322,6 +405,8 @@ class Resolver:
         log.info("serve: %s failed: %s", source, reason)
         # Only the reason goes back: exception texts can quote what the upstream sent.
         resolution = Resolution(outcome.http_status, reason, f"upstream failed: {reason}")
+        if self.shared:
+            await self._share_failure(source, resolution)
         self._remember(source, resolution)
         self._observe(started, "failed", reason)
         return resolution
@@ -336,20 +421,47 @@ class Resolver:
 
     async def _record(self, source: str, result: SourceResult) -> None:
         if self.catalog.knows(source):
-            await asyncio.to_thread(self.manifest.record_results, [result])
+            await self.manifest.record_results([result])
             return
-        await asyncio.to_thread(self.manifest.record_served, source, result)
-        # Decided and deleted in one write transaction of the manifest, so a run's pin lands
-        # either before it (the object is spared) or after it (the run writes the object again).
-        evicted = await self.evictor.evict_served(
-            self.config.serve.max_store_bytes, self.store.delete
-        )
+        await self.manifest.record_served(source, result)
+        evicted = await self._evict()
         if evicted:
             self.metrics.inc("mirror_evicted_objects_total", by=len(evicted))
             log.info("open mode: evicted %d objects over serve.max_store_bytes", len(evicted))
 
+    async def _evict(self) -> list[tuple[str, str]]:
+        """
+        Evict open-mode objects beyond the budget; shared, only on the ``evict`` lease's holder.
+
+        Decided and deleted in one write transaction of the manifest, so a run's pin lands
+        either before it (the object is spared) or after it (the run writes the object again).
+        A node that finds the lease taken skips: the holder's eviction is deciding right now,
+        and the next record on any node evicts again.
+        """
+        budget, delete = self.config.serve.max_store_bytes, self.store.delete
+        if not self.shared:
+            return await self.evictor.evict_served(budget, delete)
+        ttl = self.config.serve.request_timeout + LEASE_MARGIN
+        if not await self.evictor.lease(EVICT_LEASE, self.holder, ttl):
+            self.metrics.inc("mirror_evictions_skipped_total")
+            return []
+        try:
+            return await self.evictor.evict_served(budget, delete)
+        finally:
+            await self.evictor.release(EVICT_LEASE, self.holder)
+
+    async def _share_failure(self, source: str, resolution: Resolution) -> None:
+        """Put a failure in the manifest's negative cache: the nodes' count and backoff."""
+        old = await self.manifest.negative_get(source)
+        count = old.count + 1 if old is not None else 1
+        ttl = min(MAX_NEGATIVE_TTL, self.config.serve.negative_ttl * 2 ** min(count - 1, 32))
+        until, reason = time.time() + ttl, resolution.reason or "error"
+        await self.manifest.negative_put(source, until, count, resolution.status, reason)
+
     def _remember(self, source: str, resolution: Resolution) -> None:
-        self.failures.remember(source, resolution, self.clock(), self.config.serve.negative_ttl)
+        if not self.shared:
+            ttl = self.config.serve.negative_ttl
+            self.failures.remember(source, resolution, self.clock(), ttl)
         shown = source if len(source) <= RECENT_SOURCE_CHARS else source[:RECENT_SOURCE_CHARS] + "…"
         self.recent.append(
             {
@@ -368,7 +480,7 @@ class Resolver:
     async def touch(self, seen: dict[str, float]) -> None:
         """Write open-mode hit times to the manifest in one transaction."""
         if seen:
-            await asyncio.to_thread(self.manifest.touch_served, seen)
+            await self.manifest.touch_served(seen)
 
     async def status(self, snapshot: dict[str, Any], worker: str = "self") -> dict[str, Any]:
         """Keep ``worker``'s latest snapshot; return every snapshot and the recent failures."""

@@ -11,7 +11,8 @@ Routes:
 ``serve.admin_networks``).
 
 A hit is answered from the in-memory URL map (:class:`~mirror.catalog.Catalog`) and the object
-cache without touching SQLite; a miss goes to the fetch owner (:mod:`mirror.resolver`), in this
+cache without touching the manifest (a SQLite file, or PostgreSQL shared by several serve
+nodes); a miss goes to the fetch owner (:mod:`mirror.resolver`), in this
 process or, with several workers, over a socket. Error responses are short text with
 ``Cache-Control: no-store``; upstream headers and bodies are never relayed.
 
@@ -36,8 +37,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 from aiohttp import web
@@ -51,6 +51,7 @@ from mirror.errors import ConfigError, MirrorError, StoreError
 from mirror.fetch import Fetcher
 from mirror.manifest import Manifest, open_manifest
 from mirror.metrics import Metrics, merge, render
+from mirror.queue.bridge import ManifestFacade
 from mirror.resolver import Resolution, Resolver, Resolves
 from mirror.response import IMMUTABLE, SAFE_HEADERS, Loaded, ObjectCache, preflight, send
 from mirror.source import Classified, Classifier, hostname, inner_absolute
@@ -332,15 +333,10 @@ async def _readiness(state: ServeState) -> list[str]:
             if free < state.config.serve.min_free_bytes:
                 problems.append(f"only {free} bytes free on the disk of {folder}")
     try:
-        await asyncio.to_thread(_manifest_readable, state.catalog.path)
+        await state.catalog.readable()
     except MirrorError as exc:
         problems.append(str(exc))
     return problems
-
-
-def _manifest_readable(path: Path) -> None:
-    with Manifest(path, readonly=True) as manifest:
-        manifest.counts()
 
 
 async def handle_readyz(request: web.Request) -> web.StreamResponse:
@@ -438,32 +434,64 @@ async def _flush(state: ServeState) -> None:
 async def local_resolver(
     config: Config, store: ObjectStore, catalog: Catalog, dns: AbstractResolver | None
 ) -> AsyncIterator[Resolver]:
-    with Manifest(catalog.path, durability=config.store.durability) as manifest:
-        # Eviction alone goes through the async seam, on its own connection: it holds the
-        # write lock across the store's deletes without blocking the loop.
-        async with open_manifest(config) as evictor, Fetcher(config, resolver=dns) as fetcher:
-            resolver = Resolver(
-                config,
-                store=store,
-                manifest=manifest,
-                evictor=evictor,
-                downloader=Downloader(config, fetcher, store, manifest, breaker=False),
-                catalog=catalog,
-                metrics=Metrics(),
+    """
+    Run the fetch owner over ``config``'s manifest, SQLite or PostgreSQL, until exit.
+
+    Records go through the async manifest; eviction has a connection of its own (it holds the
+    write lock across the store's deletes). The Downloader reads host profiles synchronously:
+    from the SQLite file, or through :class:`~mirror.queue.bridge.ManifestFacade` over
+    PostgreSQL, where nothing opens a file.
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        manifest = await stack.enter_async_context(open_manifest(config))
+        evictor = await stack.enter_async_context(open_manifest(config))
+        fetcher = await stack.enter_async_context(Fetcher(config, resolver=dns))
+        profiles: ManifestFacade | None = None
+        if config.manifest.scheme == "postgresql":
+            profiles = ManifestFacade(manifest, asyncio.get_running_loop())
+            # The facade has the two host-profile calls the Downloader makes, nothing more.
+            sync = cast(Manifest, profiles)
+        else:
+            sync = stack.enter_context(
+                Manifest(sqlite_manifest(config), durability=config.store.durability)
             )
-            try:
-                yield resolver
-            finally:
-                await resolver.flight.close()
+        downloader = Downloader(config, fetcher, store, sync, breaker=False)
+        resolver = Resolver(
+            config,
+            store=store,
+            manifest=manifest,
+            evictor=evictor,
+            downloader=downloader,
+            catalog=catalog,
+            metrics=Metrics(),
+            profiles=profiles,
+        )
+        try:
+            yield resolver
+        finally:
+            await resolver.flight.close()
+
+
+async def open_catalog(config: Config, stack: contextlib.AsyncExitStack) -> Catalog:
+    """
+    Build the URL map over ``config``'s manifest; a PostgreSQL one gets a connection of its own.
+
+    The PostgreSQL manifest is opened for writing, so the first node to start brings the
+    schema up (the migration takes an advisory lock; the catalog itself only reads).
+    """
+    if config.manifest.scheme == "postgresql":
+        feed = await stack.enter_async_context(open_manifest(config))
+        return Catalog(feed=feed)
+    return Catalog(sqlite_manifest(config))
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     wiring = app[WIRING]
     store = wiring.store if wiring.store is not None else open_store(config)
-    catalog = Catalog(sqlite_manifest(config))
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(store)
+        catalog = await open_catalog(config, stack)
         resolver: Resolves
         if wiring.remote is None:
             local = local_resolver(config, store, catalog, wiring.dns)

@@ -35,13 +35,12 @@ import aiohttp
 from aiohttp import web
 
 from mirror.access import runner_options
-from mirror.catalog import Catalog
-from mirror.config import Config, config_from_mapping, sqlite_manifest
+from mirror.config import Config, config_from_mapping
 from mirror.errors import ExitStatus, ListenError, MirrorError
 from mirror.log import configure_access_log
 from mirror.metrics import Metrics, merge
 from mirror.resolver import Resolution, Resolver, SingleFlight
-from mirror.serve import create_app, local_resolver
+from mirror.serve import create_app, local_resolver, open_catalog
 from mirror.store import open_store
 
 log = logging.getLogger("mirror.serve")
@@ -197,11 +196,10 @@ def _owner_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=4 * 1024 * 1024)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        catalog = Catalog(sqlite_manifest(config))
-        async with (
-            open_store(config) as store,
-            local_resolver(config, store, catalog, None) as resolver,
-        ):
+        async with contextlib.AsyncExitStack() as stack:
+            store = await stack.enter_async_context(open_store(config))
+            catalog = await open_catalog(config, stack)
+            resolver = await stack.enter_async_context(local_resolver(config, store, catalog, None))
             refresh = await catalog.run_refresh(config.serve.refresh_interval)
             app[READY] = resolver
             try:
