@@ -242,3 +242,19 @@ def test_export_from_a_bucket_writes_each_object_byte_for_byte(
     assert {site.key(1).removeprefix(f"{PREFIX}/")} == {
         p.relative_to(again).as_posix() for p in again.rglob("*") if p.is_file()
     }
+
+
+# --- report -------------------------------------------------------------------------------------
+
+
+def test_report_draws_its_gallery_from_the_bucket(
+    site: Bucketed, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The HTML report's thumbnails are made from the bucket's objects; a deleted one says so."""
+    fetched(site, capsys, 1, 2, 3)
+    asyncio.run(site.delete(site.key(3)))
+    page = tmp_path / "report.html"
+    assert ExitStatus.OK == main(["report", *site.opts, "--html", str(page), str(site.posts)])
+    html = page.read_text(encoding="utf-8")
+    assert 2 == html.count('src="data:image/jpeg;base64,')
+    assert 1 == html.count('<div class="noimg">')
