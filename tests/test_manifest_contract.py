@@ -37,6 +37,8 @@ from mirror.manifest import (
     RecordedSpan,
     SourceResult,
     SQLiteManifest,
+    manifest_exists,
+    manifest_name,
     open_manifest,
 )
 from mirror.manifest import postgres as pg_module
@@ -1005,3 +1007,12 @@ async def test_a_write_waits_for_the_sqlite_lock_on_the_loop_then_says_locked(
             other.close()
         await manifest.record_results([mirrored()])
         assert 1 == (await manifest.counts())["mirrored"]
+
+
+async def test_manifest_exists_only_once_a_writer_created_it(backend: Backend) -> None:
+    """A command that only reads can tell "no manifest yet" apart from an empty one."""
+    assert not await manifest_exists(backend.config)
+    assert "secret" not in manifest_name(backend.config)
+    async with backend.manifest():
+        pass
+    assert await manifest_exists(backend.config)

@@ -62,6 +62,8 @@ __all__ = [
     "SourceResult",
     "SourceRow",
     "load_attempts",
+    "manifest_exists",
+    "manifest_name",
     "manifest_path",
     "open_manifest",
 ]
@@ -91,3 +93,30 @@ def open_manifest(
     path = config.manifest_file
     assert path is not None  # None only for PostgreSQL, handled above
     return SQLiteManifest(path, durability=config.store.durability, readonly=readonly, clock=clock)
+
+
+def manifest_name(config: Config) -> str:
+    """Return the manifest ``config`` names, for messages: its path, or its URL sans password."""
+    if config.manifest.scheme == "postgresql":
+        from mirror.manifest.postgres_conn import redact
+
+        return redact(config.manifest.url)
+    return str(config.manifest_file)
+
+
+async def manifest_exists(config: Config) -> bool:
+    """
+    Tell whether the manifest ``config`` names was ever created, without creating it.
+
+    A SQLite manifest exists when its file does; a PostgreSQL one when its database holds the
+    schema (an unreachable server raises, as opening would).
+
+    Raises:
+        ManifestError: the PostgreSQL server cannot be reached.
+    """
+    if config.manifest.scheme == "postgresql":
+        from mirror.manifest.postgres import schema_exists
+
+        return await schema_exists(config.manifest.url)
+    path = config.manifest_file
+    return path is not None and path.is_file()

@@ -43,8 +43,33 @@ from mirror.manifest.postgres_serve import ServeMixin
 from mirror.manifest.postgres_sources import SourcesMixin
 
 # redact and wrap_errors moved to postgres_conn; importing them from here keeps working.
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Conn", "PostgresManifest", "redact", "wrap_errors"]
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "Conn",
+    "PostgresManifest",
+    "redact",
+    "schema_exists",
+    "wrap_errors",
+]
 _SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+
+
+async def schema_exists(url: str) -> bool:
+    """
+    Tell whether the database at ``url`` holds a manifest schema (of any version).
+
+    Raises:
+        ManifestError: the server cannot be reached or refuses the connection.
+    """
+    async with wrap_errors(redact(url), "connecting"):
+        conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+    try:
+        async with wrap_errors(redact(url), "reading the schema version"):
+            found = await (await conn.execute("SELECT to_regclass('mirror_schema')")).fetchone()
+            return found is not None and found[0] is not None
+    finally:
+        await conn.close()
 
 
 class PostgresManifest(SourcesMixin, PostsMixin, ServeMixin):
