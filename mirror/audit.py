@@ -52,6 +52,7 @@ from mirror.extract import Extractor
 from mirror.fetch import Fetcher
 from mirror.lock import StoreLock, command_line
 from mirror.manifest import Manifest, ObjectRow
+from mirror.manifest.sqlite_async import SyncHostProfiles
 from mirror.marker import mark_store
 from mirror.rewrite import decode
 from mirror.scan import iter_posts
@@ -303,7 +304,7 @@ async def _refetch(
     if not wanted:
         return restored
     async with Fetcher(config) as fetcher:
-        downloader = Downloader(config, fetcher, store, manifest, breaker=False)
+        downloader = Downloader(config, fetcher, store, SyncHostProfiles(manifest), breaker=False)
         for sha, row in wanted.items():
             for source in row.sources:
                 outcome = await downloader.download(source, [], Context(), {})

@@ -32,7 +32,6 @@ none delivers, fail with ``host-down``, due again next run instead of eating thi
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import re
@@ -47,7 +46,7 @@ from mirror.config import Config, ProfileConfig
 from mirror.errors import FetchError, MirrorError, PolicyError, StoreError, VerifyError
 from mirror.failure import short
 from mirror.fetch import Fetcher, HostFilter
-from mirror.manifest import Attempt, Manifest, SourceResult
+from mirror.manifest import Attempt, SourceResult
 from mirror.models import ImageInfo, ImageRef, StoredObject
 from mirror.source import host_allowed, hostname, origin_host
 from mirror.store import ObjectStore, Staged
@@ -180,6 +179,22 @@ def candidates(
     return unique
 
 
+class HostProfiles(Protocol):
+    """
+    Where the downloader remembers which request profile worked per host: the manifest.
+
+    Any :class:`mirror.manifest.base.Manifest` is one; the downloader needs nothing else of it.
+    """
+
+    async def host_profile(self, host: str) -> str | None:
+        """Return the request profile that last worked for ``host``, or None."""
+        ...
+
+    async def record_host_profile(self, host: str, profile: str | None) -> None:
+        """Remember which request profile worked for ``host``."""
+        ...
+
+
 class Downloader:
     """Downloads, verifies and stores sources for one run (see the module docstring)."""
 
@@ -188,7 +203,7 @@ class Downloader:
         config: Config,
         fetcher: Fetcher,
         store: ObjectStore,
-        manifest: Manifest,
+        manifest: HostProfiles,
         clock: Callable[[], float] = time.time,
         *,
         breaker: bool = True,
@@ -211,7 +226,7 @@ class Downloader:
         self._down: set[str] = set()
         self._profiles: dict[str, str | None] = {}
 
-    def _profiles_for(self, host: str) -> list[ProfileConfig | None]:
+    async def _profiles_for(self, host: str) -> list[ProfileConfig | None]:
         """None (the plain request) and the host's profiles, the one that last worked first."""
         if not self.config.fetch.profiles:
             return [None]  # the usual case, on every download: nothing to look up
@@ -219,7 +234,7 @@ class Downloader:
         mine = [p for p in self.config.fetch.profiles if host_allowed(bare, p.hosts)]
         order: list[ProfileConfig | None] = [None, *mine]
         if host not in self._profiles:
-            self._profiles[host] = self.manifest.host_profile(host)
+            self._profiles[host] = await self.manifest.host_profile(host)
         best = self._profiles[host]
         winner = next((p for p in mine if p.name == best), None)
         if winner is not None:
@@ -276,7 +291,7 @@ class Downloader:
                 attempts.append(Attempt(name, url, "host-down", f"{host} is down in this run"))
                 first = first or FetchError(f"{host} is down in this run", "host-down")
                 continue
-            for profile in self._profiles_for(host) if at_origin else [None]:
+            for profile in await self._profiles_for(host) if at_origin else [None]:
                 label = name if profile is None else f"{name}/{profile.name}"
                 extra = dict(headers) if name == "origin" else {}
                 if profile is not None:
@@ -332,7 +347,7 @@ class Downloader:
                     chosen = None if profile is None else profile.name
                     if self._profiles.get(host) != chosen:
                         self._profiles[host] = chosen
-                        await asyncio.to_thread(self.manifest.record_host_profile, host, chosen)
+                        await self.manifest.record_host_profile(host, chosen)
                 self.fetched_bytes += obj.size
                 return Outcome(
                     "mirrored",

@@ -40,6 +40,7 @@ from mirror.errors import ExitStatus, MirrorError
 from mirror.extract import Extractor, post_date
 from mirror.fetch import Fetcher
 from mirror.manifest import Manifest, PostState, SourceResult, SourceRow
+from mirror.manifest.sqlite_async import SyncHostProfiles
 from mirror.models import ImageRef, Post, StoredObject
 from mirror.rewrite import decode, encode, post_diff, replace, text_url
 from mirror.scan import find_posts, read_post, write_recorded
@@ -298,7 +299,12 @@ class Job:
             try:
                 async with Fetcher(self.config) as fetcher:
                     self._downloader = Downloader(
-                        self.config, fetcher, self.store, self.manifest, self.clock, pin=self._pin
+                        self.config,
+                        fetcher,
+                        self.store,
+                        SyncHostProfiles(self.manifest),
+                        self.clock,
+                        pin=self._pin,
                     )
                     await self._all_posts(paths)
                     self.summary.fetched_bytes = self._downloader.fetched_bytes

@@ -42,7 +42,6 @@ from mirror.downloader import Context, Downloader
 from mirror.manifest import SourceResult
 from mirror.manifest import base as seam
 from mirror.metrics import Metrics
-from mirror.queue.bridge import ManifestFacade
 from mirror.source import host_allowed, hostname, origin_host
 from mirror.store import ObjectStore
 
@@ -272,7 +271,6 @@ class Resolver:
         catalog: Catalog,
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
-        profiles: ManifestFacade | None = None,
     ) -> None:
         """
         Own fetching for one serve process.
@@ -287,8 +285,6 @@ class Resolver:
             catalog: the URL map, told at once of what this process fetched.
             metrics: this process's counters.
             clock: monotonic time for the local negative cache and durations.
-            profiles: the downloader's host-profile facade, read ahead of each fetch (when the
-                downloader takes one rather than the synchronous SQLite manifest).
         """
         self.config = config
         self.store = store
@@ -298,7 +294,6 @@ class Resolver:
         self.catalog = catalog
         self.metrics = metrics
         self.clock = clock
-        self.profiles = profiles
         self.shared = config.manifest.scheme == "postgresql"
         # Unique per process and start, so a restarted node never inherits its old leases.
         self.holder = f"serve:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
@@ -386,8 +381,6 @@ class Resolver:
         started = self.clock()
         fallback = self.config.serve.fallback_proxy
         context = Context(proxy=fallback + source if fallback else None)
-        if self.profiles is not None:
-            await self.profiles.load(hostname(source))
         outcome = await self.downloader.download(
             source, [], context, {}, names=("origin", "proxy"), allow=self._allow()
         )

@@ -37,7 +37,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from aiohttp import web
@@ -49,9 +49,8 @@ from mirror.config import Config, sqlite_manifest
 from mirror.downloader import Downloader
 from mirror.errors import ConfigError, MirrorError, StoreError
 from mirror.fetch import Fetcher
-from mirror.manifest import Manifest, open_manifest
+from mirror.manifest import open_manifest
 from mirror.metrics import Metrics, merge, render
-from mirror.queue.bridge import ManifestFacade
 from mirror.resolver import Resolution, Resolver, Resolves
 from mirror.response import IMMUTABLE, SAFE_HEADERS, Loaded, ObjectCache, preflight, send
 from mirror.source import Classified, Classifier, hostname, inner_absolute
@@ -438,24 +437,13 @@ async def local_resolver(
     Run the fetch owner over ``config``'s manifest, SQLite or PostgreSQL, until exit.
 
     Records go through the async manifest; eviction has a connection of its own (it holds the
-    write lock across the store's deletes). The Downloader reads host profiles synchronously:
-    from the SQLite file, or through :class:`~mirror.queue.bridge.ManifestFacade` over
-    PostgreSQL, where nothing opens a file.
+    write lock across the store's deletes).
     """
     async with contextlib.AsyncExitStack() as stack:
         manifest = await stack.enter_async_context(open_manifest(config))
         evictor = await stack.enter_async_context(open_manifest(config))
         fetcher = await stack.enter_async_context(Fetcher(config, resolver=dns))
-        profiles: ManifestFacade | None = None
-        if config.manifest.scheme == "postgresql":
-            profiles = ManifestFacade(manifest, asyncio.get_running_loop())
-            # The facade has the two host-profile calls the Downloader makes, nothing more.
-            sync = cast(Manifest, profiles)
-        else:
-            sync = stack.enter_context(
-                Manifest(sqlite_manifest(config), durability=config.store.durability)
-            )
-        downloader = Downloader(config, fetcher, store, sync, breaker=False)
+        downloader = Downloader(config, fetcher, store, manifest, breaker=False)
         resolver = Resolver(
             config,
             store=store,
@@ -464,7 +452,6 @@ async def local_resolver(
             downloader=downloader,
             catalog=catalog,
             metrics=Metrics(),
-            profiles=profiles,
         )
         try:
             yield resolver

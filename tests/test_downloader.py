@@ -18,7 +18,7 @@ from mirror.config import Config
 from mirror.downloader import Context, Downloader
 from mirror.errors import ExitStatus
 from mirror.fetch import Fetcher
-from mirror.manifest import Manifest, manifest_path
+from mirror.manifest import Manifest, SQLiteManifest, manifest_path
 from mirror.store.local import FolderStore
 
 WRAP = "http://proxy.example/?"
@@ -137,12 +137,15 @@ async def test_a_dns_failure_is_recorded_with_the_name(
     config = make_config(attempts=1)
     (tmp_path / "cache").mkdir()
     store = FolderStore(tmp_path / "cache")
-    with Manifest(manifest_path(tmp_path / "cache")) as manifest:
-        async with store, Fetcher(config, resolver=FakeResolver({})) as fetcher:
-            downloader = Downloader(config, fetcher, store, manifest)
-            outcome = await downloader.download(
-                "http://img.gone.example/a.png", [], Context(), {}, names=("origin",)
-            )
+    async with (
+        SQLiteManifest(manifest_path(tmp_path / "cache")) as manifest,
+        store,
+        Fetcher(config, resolver=FakeResolver({})) as fetcher,
+    ):
+        downloader = Downloader(config, fetcher, store, manifest)
+        outcome = await downloader.download(
+            "http://img.gone.example/a.png", [], Context(), {}, names=("origin",)
+        )
     assert ("failed", "dns") == (outcome.status, outcome.reason)
     assert [("dns", "cannot resolve img.gone.example")] == [
         (a.outcome, a.detail) for a in outcome.attempts

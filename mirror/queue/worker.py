@@ -39,7 +39,6 @@ from mirror.manifest import open_manifest
 from mirror.manifest.base import Manifest
 from mirror.manifest.postgres import redact
 from mirror.queue.app import QUEUE, RUNNER, Payload, WorkerJobs, build_app, identity
-from mirror.queue.bridge import ManifestFacade, make_downloader
 from mirror.queue.hosts import HostSlots
 from mirror.queue.schema import ensure_schema
 from mirror.store import open_store
@@ -91,7 +90,6 @@ class Runner:
         manifest: Manifest,
         store: ObjectStore,
         downloader: Downloader,
-        profiles: ManifestFacade,
         slots: HostSlots,
         clock: Callable[[], float],
     ) -> None:
@@ -99,7 +97,6 @@ class Runner:
         self.manifest = manifest
         self.store = store
         self.downloader = downloader
-        self.profiles = profiles
         self.slots = slots
         self.clock = clock
         self.outcomes: Counter[str] = Counter()
@@ -115,8 +112,6 @@ class Runner:
         elif row is not None and (row.next_attempt or 0) > now:
             self.outcomes["not-due"] += 1
             return row.status
-        if self.config.fetch.profiles:
-            await self.profiles.load(payload.host)
         outcome = await self.downloader.download(source, payload.refs(), payload.context(), {})
         if outcome.status != "mirrored":
             due = failure_due(self.config, outcome, (row.failures if row else 0) + 1, now)
@@ -201,9 +196,9 @@ async def run_worker(
         store = await stack.enter_async_context(open_store(config))
         fetcher = await stack.enter_async_context(Fetcher(config))
         slots = await stack.enter_async_context(HostSlots(config.manifest.url, config, clock=clock))
-        profiles = ManifestFacade(manifest, loop)
-        downloader = make_downloader(config, fetcher, store, profiles, slots, clock)
-        runner = Runner(config, manifest, store, downloader, profiles, slots, clock)
+        # The per-run breaker is off: the shared one (slots) stands in for it.
+        downloader = Downloader(config, fetcher, store, manifest, clock, breaker=False, guard=slots)
+        runner = Runner(config, manifest, store, downloader, slots, clock)
 
         async def registered(worker_id: int) -> None:
             await _register(app, worker_id, jobs)
