@@ -41,7 +41,7 @@ import contextlib
 import hashlib
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,7 +51,8 @@ from mirror.errors import ExitStatus, StoreError, UsageError
 from mirror.extract import Extractor
 from mirror.fetch import Fetcher
 from mirror.lock import StoreLock, command_line
-from mirror.manifest import Manifest, ObjectRow
+from mirror.manifest import Manifest, ObjectRow, manifest_exists, manifest_name, open_manifest
+from mirror.manifest import base as seam
 from mirror.manifest.sqlite_async import SyncHostProfiles
 from mirror.marker import mark_store
 from mirror.rewrite import decode
@@ -73,10 +74,33 @@ def size_text(size: int) -> str:
     return f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size} bytes"
 
 
-@contextlib.contextmanager
-def care_manifest(config: Config, *, write: bool) -> Iterator[Manifest]:
+@contextlib.asynccontextmanager
+async def care_manifest(config: Config, *, write: bool) -> AsyncIterator[seam.Manifest]:
     """
-    Open an existing store's manifest; with ``write``, under the store lock.
+    Open an existing store's manifest, SQLite or PostgreSQL; with ``write``, under the store lock.
+
+    Raises:
+        UsageError: the store has no manifest (most likely a wrong ``--store``).
+        LockedError: ``write`` and another mirror holds the store lock.
+        ManifestError: the manifest cannot be opened.
+    """
+    if not await manifest_exists(config):
+        raise UsageError(f"no manifest at {manifest_name(config)}: is --store (store.url) right?")
+    async with open_manifest(config, readonly=not write) as manifest:
+        if not write:
+            yield manifest
+            return
+        if config.store.scheme == "file":
+            # A store known by its manifest gets the marker on its next write.
+            mark_store(Path(config.store.path))
+        async with manifest.lock(command_line()):
+            yield manifest
+
+
+@contextlib.contextmanager
+def sync_care_manifest(config: Config, *, write: bool) -> Iterator[Manifest]:
+    """
+    :func:`care_manifest` over the synchronous SQLite manifest, for the callers not moved yet.
 
     Raises:
         UsageError: the store has no manifest (most likely a wrong ``--store``).
@@ -233,7 +257,7 @@ async def verify(config: Config, *, repair: bool = False) -> Audit:
         StoreError: an object cannot be read or removed.
         LockedError: ``repair`` and another mirror holds the store lock.
     """
-    with care_manifest(config, write=repair) as manifest:
+    with sync_care_manifest(config, write=repair) as manifest:
         async with open_store(config) as store:
             return await _verify(config, store, manifest, repair)
 
@@ -410,7 +434,7 @@ async def collect(
     refs = find_references(paths, config)
     if refs.posts == 0:
         raise UsageError("no posts under the given PATHs: refusing to call every object garbage")
-    with care_manifest(config, write=apply) as manifest:
+    with sync_care_manifest(config, write=apply) as manifest:
         async with open_store(config) as store:
             return await _collect(store, manifest, refs, apply, stray_age)
 

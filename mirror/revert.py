@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mirror.audit import care_manifest
+from mirror.audit import sync_care_manifest
 from mirror.config import Config
 from mirror.errors import ExitStatus
 from mirror.manifest import Manifest, Rewrite
@@ -150,7 +150,7 @@ def revert(
         LockedError: not a dry run, and another mirror holds the store lock.
     """
     result = Reverted()
-    with care_manifest(config, write=show is None) as manifest:
+    with sync_care_manifest(config, write=show is None) as manifest:
         legacy = _legacy_keys(manifest)
         for post in iter_posts(paths, config.scan):
             result.posts += 1
