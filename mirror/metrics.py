@@ -47,6 +47,11 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "Misses that waited for another serve node's fetch lease.",
         (),
     ),
+    "mirror_lease_renewals_total": (
+        "counter",
+        "Renewals of a fetch lease while a fetch slower than the lease's TTL ran.",
+        (),
+    ),
     "mirror_evictions_skipped_total": (
         "counter",
         "Evictions left to the serve node holding the eviction lease.",

@@ -16,9 +16,13 @@ Everything is recorded through the async manifest (:mod:`mirror.manifest.base`).
 PostgreSQL several ``serve`` nodes share one manifest and behave as one proxy
 (:attr:`Resolver.shared`): a miss is fetched by the node that takes the lease ``fetch:<url>``,
 the others wait for its release and answer from the catalog (caught up at once) or the negative
-cache, which lives in the manifest (``negative_get``/``negative_put``); eviction runs only on
-the node holding the lease ``evict``. Over SQLite the single flight and the negative cache are
-this process's, as one process owns the file.
+cache, which lives in the manifest (``negative_get``/``negative_put``; a success forgets the
+URL's failure there, as the local cache does); eviction runs only on the node holding the lease
+``evict``. The holder renews its fetch lease every third of its TTL while the fetch runs, so a
+fetch slower than the TTL (a big image on a slow origin) is not started again by another node;
+the renewals stop at :func:`fetch_budget`, the longest a fetch can run within ``[fetch]``'s
+limits, so a wedged node frees the URL a TTL later. Over SQLite the single flight and the
+negative cache are this process's, as one process owns the file.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import sys
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -39,6 +43,7 @@ from mirror.bounded import BoundedMap, url_key
 from mirror.catalog import Catalog, Entry
 from mirror.config import Config
 from mirror.downloader import Context, Downloader
+from mirror.errors import ManifestError
 from mirror.manifest import SourceResult
 from mirror.manifest import base as seam
 from mirror.metrics import Metrics
@@ -66,9 +71,26 @@ SHARED_ANSWERS = 256
 LEASE_TRIES = 3
 # A fetch lease outlives the request that started it by this much: storing runs to its end.
 LEASE_MARGIN = 30.0
+# The holder renews its fetch lease this many times per TTL: two renewals may fail (a database
+# that hiccups) before another node sees the lease expire.
+RENEWALS_PER_TTL = 3
 EVICT_LEASE = "evict"
 
 T = TypeVar("T")
+Sleep = Callable[[float], Coroutine[Any, Any, None]]
+
+
+def fetch_budget(config: Config) -> float:
+    """
+    The longest one miss's fetch can take within ``[fetch]``'s limits, recording included.
+
+    Every request serve may send (the origin with each request profile, then the fallback
+    proxy) running every attempt to ``total_timeout``, with the longest wait between attempts.
+    """
+    fetch = config.fetch
+    wait = max(fetch.backoff_max, fetch.retry_after_cap)
+    one = fetch.attempts * fetch.total_timeout + (fetch.attempts - 1) * wait
+    return (len(fetch.profiles) + 2) * one + LEASE_MARGIN
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +293,8 @@ class Resolver:
         catalog: Catalog,
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         """
         Own fetching for one serve process.
@@ -284,7 +308,10 @@ class Resolver:
             downloader: fetches and verifies.
             catalog: the URL map, told at once of what this process fetched.
             metrics: this process's counters.
-            clock: monotonic time for the local negative cache and durations.
+            clock: monotonic time for the local negative cache, durations and the lease's
+                renewal budget.
+            wall: Unix time, which the nodes share: the shared negative cache's expiry.
+            sleep: waits between renewals of a fetch lease (tests step it).
         """
         self.config = config
         self.store = store
@@ -294,6 +321,8 @@ class Resolver:
         self.catalog = catalog
         self.metrics = metrics
         self.clock = clock
+        self.wall = wall
+        self.sleep = sleep
         self.shared = config.manifest.scheme == "postgresql"
         # Unique per process and start, so a restarted node never inherits its old leases.
         self.holder = f"serve:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
@@ -341,7 +370,7 @@ class Resolver:
         if not self.shared:
             return self.failures.lookup(source, self.clock())
         found = await self.manifest.negative_get(source)
-        if found is None or found.until <= time.time():
+        if found is None or found.until <= self.wall():
             return None
         return Resolution(found.status, found.reason, f"upstream failed: {found.reason}")
 
@@ -362,11 +391,15 @@ class Resolver:
         ttl = self.config.serve.request_timeout + LEASE_MARGIN
         for _ in range(LEASE_TRIES):
             if await self.manifest.lease(key, self.holder, ttl):
+                keeper = asyncio.create_task(self._keep_lease(key, ttl), name="fetch-lease")
                 try:
                     # Another node may have finished between our miss and our lease.
                     done = await self._answered(source)
                     return done if done is not None else await self._fetch(source)
                 finally:
+                    # Ended before the release, so no renewal can take the lease back after it.
+                    keeper.cancel()
+                    await asyncio.gather(keeper, return_exceptions=True)
                     await self.manifest.release(key, self.holder)
             self.metrics.inc("mirror_lease_waits_total")
             if not await self.manifest.wait_released(key, self.config.serve.request_timeout):
@@ -376,6 +409,25 @@ class Resolver:
             if done is not None:
                 return done
         return await self._fetch(source)
+
+    async def _keep_lease(self, key: str, ttl: float) -> None:
+        """Renew the lease ``key`` every ``ttl / 3`` s until cancelled or past the fetch budget."""
+        deadline = self.clock() + fetch_budget(self.config)
+        while True:
+            await self.sleep(ttl / RENEWALS_PER_TTL)
+            if self.clock() >= deadline:
+                log.warning("serve: %s outlived the fetch budget; its lease will expire", key)
+                return
+            try:
+                held = await self.manifest.lease(key, self.holder, ttl)
+            except ManifestError as exc:
+                log.warning("serve: cannot renew %s (trying again): %s", key, exc)
+                continue
+            if not held:
+                # Renewed too late: it expired and another node took it, and fetches too.
+                log.warning("serve: lost %s to another node while fetching", key)
+                return
+            self.metrics.inc("mirror_lease_renewals_total")
 
     async def _fetch(self, source: str) -> Resolution:
         started = self.clock()
@@ -392,6 +444,12 @@ class Resolver:
             entry = Entry(obj.sha256, obj.ext, obj.size)
             self.catalog.add(source, entry)
             self.failures.forget(source)
+            if self.shared:
+                try:
+                    await self.manifest.negative_forget(source)
+                except ManifestError as exc:
+                    # The object is stored and recorded; the stale entry only expires later.
+                    log.warning("serve: cannot forget the failure of %s: %s", source, exc)
             self._observe(started, "ok", "ok")
             return Resolution(200, entry=entry)
         reason = outcome.reason or "error"
@@ -448,7 +506,7 @@ class Resolver:
         old = await self.manifest.negative_get(source)
         count = old.count + 1 if old is not None else 1
         ttl = min(MAX_NEGATIVE_TTL, self.config.serve.negative_ttl * 2 ** min(count - 1, 32))
-        until, reason = time.time() + ttl, resolution.reason or "error"
+        until, reason = self.wall() + ttl, resolution.reason or "error"
         await self.manifest.negative_put(source, until, count, resolution.status, reason)
 
     def _remember(self, source: str, resolution: Resolution) -> None:

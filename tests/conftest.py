@@ -410,6 +410,7 @@ class Upstream:
     big_done: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     sni: list[str | None] = dataclasses.field(default_factory=list)
     release: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    down: bool = False  # /switch fails while set
 
     @property
     def port(self) -> int:
@@ -470,6 +471,12 @@ def upstream_app(state: Upstream) -> web.Application:
         """500 for the first ``fails`` hits (default 1), then the image."""
         if state.hits[request.path_qs] <= int(request.query.get("fails", "1")):
             return web.Response(status=500, text="try again")
+        return image(request)
+
+    async def switch(request: web.Request) -> web.StreamResponse:
+        """500 while ``down`` is set, the image otherwise: a source that fails and recovers."""
+        if state.down:
+            return web.Response(status=500, text="down")
         return image(request)
 
     async def retry_after(request: web.Request) -> web.StreamResponse:
@@ -569,6 +576,7 @@ def upstream_app(state: Upstream) -> web.Application:
     app.router.add_get("/img.jpg", jpeg)
     app.router.add_get("/status/{code}", status)
     app.router.add_get("/flaky", flaky)
+    app.router.add_get("/switch", switch)
     app.router.add_get("/retry-after", retry_after)
     app.router.add_get("/reset", reset)
     app.router.add_get("/truncated", truncated)

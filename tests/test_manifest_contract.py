@@ -744,6 +744,20 @@ async def test_the_negative_cache_is_shared_and_trimmed(backend: Backend) -> Non
         assert await one.negative_get(URL) is None
 
 
+async def test_a_forgotten_failure_is_gone_for_every_node(backend: Backend) -> None:
+    """negative_forget drops one URL's entry (seen from another connection), and only it."""
+    other = "https://other.example/"
+    async with backend.manifest() as one, backend.manifest() as two:
+        await one.negative_put(URL, 1060.0, 3, 502, "http-500")
+        await one.negative_put(other, 1060.0, 1, 404, "http-404")
+        await two.negative_forget(URL)
+        await two.negative_forget("https://never.example/")  # nothing remembered: no error
+        assert (None, NegativeEntry(1060.0, 1, 404, "http-404")) == (
+            await one.negative_get(URL),
+            await one.negative_get(other),
+        )
+
+
 # --- report -------------------------------------------------------------------------------------
 
 

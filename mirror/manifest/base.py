@@ -327,6 +327,15 @@ class Manifest(Protocol):
         """Remember a failure of ``key`` until ``until``; trims long-expired entries."""
         ...
 
+    async def negative_forget(self, key: str) -> None:
+        """
+        Forget the remembered failure of ``key``: it has just been fetched.
+
+        So the next failure counts as the first again (its backoff starts over), and no node
+        answers the old failure meanwhile.
+        """
+        ...
+
     def lock(self, command: str) -> AbstractAsyncContextManager[None]:
         """
         Return the store lock for ``command``: entering takes it at once or raises.

@@ -258,3 +258,8 @@ class ServeMixin(Base):
                 "DELETE FROM negative WHERE until < %s", (self._clock() - NEGATIVE_KEPT,)
             )
             await conn.execute(sql, (key_hash(key), float(until), count, status, reason))
+
+    async def negative_forget(self, key: str) -> None:
+        """Forget the remembered failure of ``key`` (it has just been fetched)."""
+        async with self._write("writing the negative cache") as conn:
+            await conn.execute("DELETE FROM negative WHERE key = %s", (key_hash(key),))

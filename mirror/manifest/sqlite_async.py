@@ -342,6 +342,10 @@ class SQLiteManifest:
         """Remember a failure of ``key``."""
         await self._call(self.sync.negative_put, key, until, count, status, reason)
 
+    async def negative_forget(self, key: str) -> None:
+        """Forget the remembered failure of ``key``."""
+        await self._call(self.sync.negative_forget, key)
+
     @asynccontextmanager
     async def _store_lock(self, command: str) -> AsyncIterator[None]:
         # flock never waits (LOCK_NB), so taking it on the loop is fine.

@@ -203,3 +203,8 @@ class ServeMixin(Base):
         with self.transaction() as conn, self._errors("writing the negative cache"):
             conn.execute("DELETE FROM negative WHERE until < ?", (self._clock() - NEGATIVE_KEPT,))
             conn.execute(sql, (key_hash(key), until, count, status, reason))
+
+    def negative_forget(self, key: str) -> None:
+        """Forget the remembered failure of ``key`` (it has just been fetched)."""
+        with self.transaction() as conn, self._errors("writing the negative cache"):
+            conn.execute("DELETE FROM negative WHERE key = ?", (key_hash(key),))
