@@ -6,13 +6,18 @@ hit target) behind a local origin, a store filled the real way by `mirror fetch`
 cors.zfour.workers.dev wrapper, nginx (2 workers, sendfile, open_file_cache) aliasing
 ``/mirror/`` to the store's objects, and `mirror serve --workers W` on the same store. Every URL
 is checked once (200 and the right bytes), then wrk loads each scenario, peers alternating,
-``--runs`` times; the table gives medians. Last, `mirror serve --open` on an empty store gets
-every URL once (cold misses, 32 at a time).
+``--runs`` times; the table gives medians. Beside the one node on the store's SQLite manifest
+behind nginx, two nodes over one PostgreSQL manifest (bench/pg.py's server; the same rows plus
+fillers up to ``--catalog-sources``, bench/serve_nodes.py) behind one nginx that balances them;
+with both running, ``--catalog-new`` sources are committed one at a time and timed until every
+node serves them (the catalog refresh figure). Last, `mirror serve --open` on an empty store
+gets every URL once (cold misses, 32 at a time).
 
     python bench/serve.py                          # 200 images, 3 runs of 10 s per scenario
     python bench/serve.py --smoke                  # 20 images, 1 s runs: does it all work?
     python bench/serve.py --append BENCHMARKS.md   # also append the results in Markdown
     python bench/serve.py --nginx-only             # the nginx half alone
+    python bench/serve.py --no-nodes               # without PostgreSQL: no 2-node rows
 
 Exit status 0 when every run and check succeeded, 1 otherwise (each problem is printed).
 """
@@ -43,8 +48,11 @@ from pathlib import Path
 from urllib.parse import quote
 
 import aiohttp
+import serve_nodes
 from nginx import HOST, Nginx, free_port, stop_group
 from nginx import version as nginx_version
+from pg import Postgres
+from pg import available as postgres_available
 from run_job import connect_to_args, generate, origin, source_url
 from yarl import URL
 
@@ -303,6 +311,10 @@ class Bench:
     servers: list[MirrorServe | Nginx] = field(default_factory=list)
     scenarios: list[Scenario] = field(default_factory=list)
     cold: str = ""
+    db: Postgres | None = None  # the server of the nodes' manifest, when they run
+    nodes_url: str = ""  # the nodes' manifest
+    nodes: list[MirrorServe] = field(default_factory=list)
+    catalog: list[str] = field(default_factory=list)  # the catalog refresh figure's lines
     objects: list[str] = field(default_factory=list)  # /mirror/<ab>/<sha>.<ext>, by source
     queries: list[str] = field(default_factory=list)  # /?<source>, same order
     shas: list[str] = field(default_factory=list)
@@ -356,7 +368,9 @@ class Bench:
             self.scenarios.append(
                 Scenario(f"mirror /?... x{count}", mirror.port, "/", m_all, n_all)
             )
-            front = self.front(args)
+            accel = ["--accel-redirect", "/objects/"]
+            one = self.node("front", ["--workers", str(args.workers), *accel])
+            front = self.front("front", [one])
             self.problems += check(
                 front.port, [f"/?{main}", *self.queries], [self.shas[at], *self.shas]
             )
@@ -364,6 +378,17 @@ class Bench:
                 Scenario(f"nginx+mirror /?{main}", front.port, f"/?{main}", None, n_one),
                 Scenario(f"nginx+mirror /?... x{count}", front.port, "/", m_all, n_all),
             ]
+            nodes = self.nodes = self.start_nodes(accel) if args.nodes else []
+            if nodes:
+                pair = self.front("front-nodes", nodes)
+                self.problems += check(
+                    pair.port, [f"/?{main}", *self.queries], [self.shas[at], *self.shas]
+                )
+                label = f"nginx+{len(nodes)} pg nodes"
+                self.scenarios += [
+                    Scenario(f"{label} /?{main}", pair.port, f"/?{main}", None, n_one),
+                    Scenario(f"{label} /?... x{count}", pair.port, "/", m_all, n_all),
+                ]
         for sc in self.scenarios if args.warmup else []:
             sc.load(args, args.warmup)
         for number in range(args.runs):
@@ -371,19 +396,50 @@ class Bench:
                 sc.results.append(sc.load(args, args.duration))
                 if sc.results[-1].failures:
                     self.problems.append(f"FAILED RUN {sc.label}:\n{sc.results[-1].output}")
+        if self.nodes:
+            self.catalog_refresh()
         for server in self.servers:
             server.stop()
 
-    def front(self, args: argparse.Namespace) -> Nginx:
-        """The production layout: nginx in front, mirror serve looking /?<url> up and handing
-        the file back with X-Accel-Redirect (deploy/nginx.conf's arrangement)."""
-        mirror = MirrorServe(
-            self.root / "store",
-            "front",
-            ["--workers", str(args.workers), "--accel-redirect", "/objects/"],
-        )
+    def node(self, name: str, options: list[str]) -> MirrorServe:
+        """Start a `mirror serve` on the store with ``options``."""
+        mirror = MirrorServe(self.root / "store", name, options)
         self.servers.append(mirror)
         mirror.start()
+        return mirror
+
+    def start_nodes(self, accel: list[str]) -> list[MirrorServe]:
+        """
+        Start PostgreSQL, copy the store's rows into a fresh database (fillers up to
+        ``--catalog-sources``) and start two nodes over it, with half the workers each.
+        """
+        args = self.args
+        if not postgres_available():
+            print("PostgreSQL server binaries not found: no 2-node rows", file=sys.stderr)
+            return []
+        self.db = Postgres()
+        self.db.start()
+        url = self.nodes_url = self.db.fresh_database()
+        rows = serve_nodes.store_rows(self.root / "store" / "manifest.sqlite3")
+        took = asyncio.run(serve_nodes.fill(url, rows, max(args.catalog_sources, len(rows))))
+        print(f"PostgreSQL manifest: {args.catalog_sources:,} sources recorded in {took:.1f} s")
+        config = serve_nodes.write_config(self.root / "nodes.toml", url)
+        options = ["--config", str(config), "--workers", str(max(1, args.workers // 2)), *accel]
+        return [self.node(f"pg-{number}", options) for number in (1, 2)]
+
+    def catalog_refresh(self) -> None:
+        """Time ``--catalog-new`` commits until every PostgreSQL node serves them."""
+        name = self.objects[self.main].rsplit("/", 1)[1]  # an object the store has
+        size = (self.root / "store" / "objects" / name[:2] / name).stat().st_size
+        target = serve_nodes.Object(self.shas[self.main], name.rsplit(".", 1)[1], size)
+        ports = [node.port for node in self.nodes]
+        figures = serve_nodes.catalog_figures(self.nodes_url, ports, self.args.catalog_new, target)
+        self.catalog = asyncio.run(figures)
+
+    def front(self, name: str, mirrors: list[MirrorServe]) -> Nginx:
+        """The production layout: nginx in front, mirror serve looking /?<url> up and handing
+        the file back with X-Accel-Redirect (deploy/nginx.conf's arrangement); several nodes
+        share the requests round-robin."""
         objects = self.root / "store" / "objects"
         extra = f"""
         location /objects/ {{ internal; alias "{objects}/"; }}
@@ -392,8 +448,9 @@ class Bench:
             proxy_http_version 1.1;
             proxy_set_header Connection "";
         }}"""
-        upstream = f"    upstream mirror_serve {{ server {HOST}:{mirror.port}; keepalive 64; }}"
-        nginx = Nginx(self.root / "front", free_port(), {}, extra=extra, http_extra=upstream)
+        servers = " ".join(f"server {HOST}:{mirror.port};" for mirror in mirrors)
+        upstream = f"    upstream mirror_serve {{ {servers} keepalive 64; }}"
+        nginx = Nginx(self.root / name, free_port(), {}, extra=extra, http_extra=upstream)
         self.servers.append(nginx)
         nginx.start()
         COMMANDS.append(shlex.join(nginx.command()))
@@ -427,6 +484,14 @@ class Bench:
             f"targets: mirror hits >= {TARGET_RATIO}x nginx req/s in the same run, p99 < "
             f"{ms(TARGET_P99)} ms (wrk's percentiles are not corrected for coordinated omission)"
         ]
+        if self.nodes:
+            tail.append(
+                f"nginx+mirror: one node on the store's SQLite manifest, --workers {args.workers};"
+                f" nginx+{len(self.nodes)} pg nodes: {len(self.nodes)} nodes over one PostgreSQL"
+                f" manifest of {args.catalog_sources:,} sources, --workers"
+                f" {max(1, args.workers // 2)} each, nginx round-robin; both X-Accel-Redirect"
+            )
+        tail += self.catalog
         tail += [self.cold] if self.cold else []
         commands = list(dict.fromkeys(COMMANDS))
         print("\n".join([*head, "", rows, "", *tail, "", "commands:"]))
@@ -439,7 +504,8 @@ class Bench:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """Parse the command line (``--smoke`` means N=20 and 1-second runs without warm-up)."""
+    """Parse the command line (``--smoke``: N=20, 1-second runs without warm-up, a small
+    PostgreSQL manifest)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -451,13 +517,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--smoke", action="store_true", help="N=20, 1-second runs")
+    parser.add_argument(
+        "--smoke", action="store_true", help="N=20, 1-second runs, 2,000 sources, 5 new"
+    )
     parser.add_argument("--nginx-only", action="store_true", help="skip mirror serve")
+    parser.add_argument(
+        "--no-nodes", dest="nodes", action="store_false", help="skip the PostgreSQL nodes"
+    )
+    parser.add_argument(
+        "--catalog-sources", type=int, default=200_000, help="the nodes' manifest's size"
+    )
+    parser.add_argument("--catalog-new", type=int, default=100, help="sources timed to visible")
     parser.add_argument("--append", type=Path, help="append the results in Markdown to FILE")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args(argv)
     if args.smoke:
         args.n, args.duration, args.warmup = 20, 1, 0
+        args.catalog_sources, args.catalog_new = 2000, 5
     return args
 
 
@@ -477,12 +553,14 @@ def main(argv: list[str] | None = None) -> int:
             bench.hits(serve)
             if serve:
                 bench.cold_misses()
-    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+    except (RuntimeError, OSError, subprocess.SubprocessError, *serve_nodes.FAILURES) as exc:
         bench.problems.append(f"stopped early: {exc}")
     finally:
         for server in bench.servers:
             server.stop()
             bench.problems += [f"{server.name}: {p}" for p in server.problems]
+        if bench.db is not None:
+            bench.db.stop()
         if not args.keep:
             shutil.rmtree(bench.root, ignore_errors=True)
     markdown = bench.report()

@@ -2,7 +2,9 @@
 bench/serve.py --smoke: the serve benchmark runs end to end on loopback and every check passes.
 
 It starts Debian's nginx and wrk, fills a store with `mirror fetch`, and compares `mirror serve`
-(alone and behind nginx with X-Accel-Redirect) with nginx on a few one-second wrk runs.
+(alone and behind nginx with X-Accel-Redirect; with PostgreSQL installed, two nodes over one
+PostgreSQL manifest behind nginx too, and the catalog refresh figure) with nginx on a few
+one-second wrk runs.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pg_server import _bin_folder
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,3 +40,6 @@ def test_serve_benchmark_smoke() -> None:
     assert "nginx+mirror /?" in output
     assert "cold misses" in output
     assert "FAILED" not in output
+    if _bin_folder() is not None:
+        assert "nginx+2 pg nodes /?" in output
+        assert "visible on all 2 nodes" in output
