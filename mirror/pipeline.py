@@ -12,9 +12,10 @@ shows only once complete) → manifest row (committed) → rewrite spans (commit
 rename) → the post's record for the fast path (committed).
 
 The store is reached only through :class:`~mirror.store.ObjectStore` (``open_store``), so the run
-is the same on a local folder and on a bucket. Whether a mirrored source's object is still there
-is asked once per object per run (:class:`Presence`), and only for sources the run resolves: the
-stat fast path never asks.
+is the same on a local folder and on a bucket; the manifest only through the async seam
+(:class:`mirror.manifest.base.Manifest`), so it is the same on SQLite and on PostgreSQL. Whether
+a mirrored source's object is still there is asked once per object per run (:class:`Presence`),
+and only for sources the run resolves: the stat fast path never asks.
 """
 
 from __future__ import annotations
