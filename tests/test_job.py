@@ -38,6 +38,7 @@ from s3_server import S3Bucket
 
 from mirror.cli import main
 from mirror.config import ProfileConfig, load_config
+from mirror.downloader import Outcome
 from mirror.errors import ExitStatus
 from mirror.manifest import Manifest, SourceRow, manifest_exists, manifest_path, open_manifest
 from mirror.pipeline import Job
@@ -603,6 +604,47 @@ def test_run_over_postgres_and_s3(
         sum(net.hits.values()),
         {p.name: p.read_bytes() for p in posts.iterdir()},
     )
+
+
+class SlowResults:
+    """A manifest whose first ``record_results`` waits for ``release``: a batch in flight."""
+
+    def __init__(self, manifest: Any) -> None:
+        self.manifest = manifest
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+        self.committed: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.manifest, name)
+
+    async def record_results(self, rows: Any) -> None:
+        rows = list(rows)
+        if not self.entered.is_set():
+            self.entered.set()
+            await self.release.wait()
+        await self.manifest.record_results(rows)
+        self.committed += [row.source for row in rows]
+
+
+async def test_a_flush_waits_for_the_batch_in_flight(tmp_path: Path) -> None:
+    """A post about to be written flushes first; with another task's batch still on its way to
+    the database (PostgreSQL awaits it), that flush returns only once the batch is committed."""
+    config = load_config(config_file(tmp_path, Net()))
+    async with open_manifest(config) as real:
+        slow = SlowResults(real)
+        job = Job(config, rewrite=True, manifest=slow)  # type: ignore[arg-type]
+        job._manifest = slow  # type: ignore[assignment]  # as run() sets it
+        await job._record("http://origin.example/1.jpg", Outcome("failed", "http-404"), 1.0)
+        first = asyncio.create_task(job._flush())
+        await slow.entered.wait()
+        second = asyncio.create_task(job._flush())
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert not second.done()
+        slow.release.set()
+        await asyncio.gather(first, second)
+        assert ["http://origin.example/1.jpg"] == slow.committed
 
 
 # --- processes --------------------------------------------------------------------------------
