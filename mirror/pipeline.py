@@ -12,9 +12,10 @@ shows only once complete) → manifest row (committed) → rewrite spans (commit
 rename) → the post's record for the fast path (committed).
 
 The store is reached only through :class:`~mirror.store.ObjectStore` (``open_store``), so the run
-is the same on a local folder and on a bucket. Whether a mirrored source's object is still there
-is asked once per object per run (:class:`Presence`), and only for sources the run resolves: the
-stat fast path never asks.
+is the same on a local folder and on a bucket; the manifest only through the async seam
+(:class:`mirror.manifest.base.Manifest`), so it is the same on SQLite and on PostgreSQL. Whether
+a mirrored source's object is still there is asked once per object per run (:class:`Presence`),
+and only for sources the run resolves: the stat fast path never asks.
 """
 
 from __future__ import annotations
@@ -34,13 +35,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from mirror.config import Config, sqlite_manifest
+from mirror.config import Config
 from mirror.downloader import Context, Downloader, Outcome
 from mirror.errors import ExitStatus, MirrorError
 from mirror.extract import Extractor, post_date
 from mirror.fetch import Fetcher
-from mirror.manifest import Manifest, PostState, SourceResult, SourceRow
-from mirror.manifest.sqlite_async import SyncHostProfiles
+from mirror.manifest import PostState, SourceResult, SourceRow, dry_run_manifest, open_manifest
+from mirror.manifest.base import Manifest
 from mirror.models import ImageRef, Post, StoredObject
 from mirror.rewrite import decode, encode, post_diff, replace, text_url
 from mirror.scan import find_posts, read_post, write_recorded
@@ -225,7 +226,14 @@ def _outcome_from_row(row: SourceRow) -> Outcome:
 
 
 class Job:
-    """One ``mirror fetch`` or ``mirror run``; use :meth:`run` once."""
+    """
+    One ``mirror fetch`` or ``mirror run``; use :meth:`run` once.
+
+    ``manifest`` is an open one the caller holds the store lock of (``manifest.lock``), as
+    ``mirror run`` does. Without it :meth:`run` opens the one ``config`` names, SQLite or
+    PostgreSQL (a dry run's: :func:`~mirror.manifest.dry_run_manifest`), under no lock: the
+    demo's own folder, tests.
+    """
 
     def __init__(
         self,
@@ -240,6 +248,7 @@ class Job:
         retry_reasons: frozenset[str] = frozenset(),
         refresh_after: float | None = None,
         clock: Callable[[], float] = time.time,
+        manifest: Manifest | None = None,
     ) -> None:
         self.config = config
         self.rewrite = rewrite
@@ -251,17 +260,12 @@ class Job:
         self.retry_reasons = retry_reasons
         self.refresh_after = refresh_after
         self.clock = clock
+        self._given = manifest
         self.summary = RunSummary()
         self.extractor = Extractor(config.scan)
         self.store: ObjectStore = open_store(config)
         self.presence = Presence(self.store)
-        path = sqlite_manifest(config)
-        if dry_run:
-            # A dry run reads what exists and writes nothing, not even an empty store.
-            exists = path.is_file()
-            self.manifest = Manifest(path if exists else Path(":memory:"), readonly=exists)
-        else:
-            self.manifest = Manifest(path, durability=config.store.durability)
+        self._manifest: Manifest | None = None
         # What a finished post is recorded as: only an in-place run leaves it rewritten.
         self.mode = "run" if rewrite and out is None else "fetch"
         # A report lists every reference, so a run that writes one reads every post.
@@ -273,9 +277,17 @@ class Job:
         self._recent: OrderedDict[str, Outcome] = OrderedDict()
         self._pending: list[SourceResult] = []
         self._posts: list[PostRecord] = []
+        # One flush at a time, so a post's record never commits before its sources' rows.
+        self._flushing = asyncio.Lock()
         self._failure: BaseException | None = None
         # Whose pins these are: this run's only (a killed run's expire after PIN_SECONDS).
         self.holder = f"run:{os.getpid()}:{secrets.token_hex(4)}"
+
+    @property
+    def manifest(self) -> Manifest:
+        """The manifest, while :meth:`run` runs."""
+        assert self._manifest is not None, "the manifest is open only while the job runs"
+        return self._manifest
 
     async def run(self, paths: Sequence[Path]) -> RunSummary:
         """
@@ -284,44 +296,51 @@ class Job:
         Raises:
             MirrorError: the store or manifest cannot be written (the run stops at once).
         """
-        if not self.dry_run:
-            # Once per run, before any work starts: not worth a thread hop.
-            sqlite_manifest(self.config).parent.mkdir(parents=True, exist_ok=True)
-        async with self.store:
-            if not self.dry_run:
-                # The caller holds the store lock: a dead writer's staged files go at once.
-                await self.store.cleanup(older_than=STALE_STAGING)
-            await self._run(paths)
+        async with contextlib.AsyncExitStack() as stack:
+            manifest = self._given
+            if manifest is None:
+                # The job's clock stays the job's: the manifest stamps rows with real time.
+                if self.dry_run:
+                    opened = await dry_run_manifest(self.config)
+                else:
+                    opened = open_manifest(self.config)
+                manifest = await stack.enter_async_context(opened)
+            self._manifest = manifest
+            try:
+                async with self.store:
+                    if not self.dry_run:
+                        # The caller holds the store lock: a dead writer's staged files go at once.
+                        await self.store.cleanup(older_than=STALE_STAGING)
+                    await self._run(paths)
+            finally:
+                self._manifest = None
         return self.summary
 
     async def _run(self, paths: Sequence[Path]) -> None:
-        with self.manifest:
-            try:
-                async with Fetcher(self.config) as fetcher:
-                    self._downloader = Downloader(
-                        self.config,
-                        fetcher,
-                        self.store,
-                        SyncHostProfiles(self.manifest),
-                        self.clock,
-                        pin=self._pin,
-                    )
-                    await self._all_posts(paths)
-                    self.summary.fetched_bytes = self._downloader.fetched_bytes
-            except BaseException:
-                # Cancelled (SIGTERM) or failing: keep what finished; objects are already stored.
-                with contextlib.suppress(MirrorError):
-                    self._flush()
-                    # Only posts whose rows are committed name our objects: those rows keep them.
-                    self.manifest.unpin(self.holder)
-                raise
-            self._flush()
-            self.manifest.unpin(self.holder)
+        try:
+            async with Fetcher(self.config) as fetcher:
+                self._downloader = Downloader(
+                    self.config, fetcher, self.store, self.manifest, self.clock, pin=self._pin
+                )
+                await self._all_posts(paths)
+                self.summary.fetched_bytes = self._downloader.fetched_bytes
+        except BaseException:
+            # Cancelled (SIGTERM) or failing: keep what finished; objects are already stored.
+            with contextlib.suppress(MirrorError):
+                await self._finish()
+            raise
+        await self._finish()
+
+    async def _finish(self) -> None:
+        await self._flush()
+        if not self.dry_run:
+            # Only posts whose rows are committed name our objects: those rows keep them.
+            await self.manifest.unpin(self.holder)
 
     async def _pin(self, sha256: str) -> None:
         """Keep serve's eviction off an object until the rows naming it are committed."""
         # A pin that finds the object evicted needs nothing more: the commit after it writes it.
-        self.manifest.pin([sha256], self.holder, self.clock() + PIN_SECONDS)
+        await self.manifest.pin([sha256], self.holder, self.clock() + PIN_SECONDS)
 
     async def _all_posts(self, paths: Sequence[Path]) -> None:
         slots = asyncio.Semaphore(POSTS_IN_FLIGHT)
@@ -345,7 +364,7 @@ class Job:
                 if key.rpartition(os.sep)[0] != folder:
                     # One query per folder instead of one per post: the no-op re-run's cost.
                     folder = key.rpartition(os.sep)[0]
-                    states = self.manifest.post_states_in(folder)
+                    states = await self.manifest.post_states_in(folder)
                 if self._unchanged(states.get(key), st):
                     continue
             post = read_post(path, rel, self.config.scan)
@@ -401,10 +420,12 @@ class Job:
         self.summary.posts += 1
         digest = hashlib.sha256(post.data).hexdigest()
         if self.fast and st is not None:
-            state = self.manifest.post_state(post_key(post.path))
+            state = await self.manifest.post_state(post_key(post.path))
             if state is not None and state.sha256 == digest and self._finished(state):
                 # Touched but not changed: note the new stat so the next run skips it unread.
-                self._note_post(PostRecord(post.path, st, digest, state.next_check, state.mode))
+                await self._note_post(
+                    PostRecord(post.path, st, digest, state.next_check, state.mode)
+                )
                 self.summary.unchanged += 1
                 return
         text = decode(post.data)
@@ -414,7 +435,7 @@ class Job:
             if ref.proxied or self.config.scan.raw == "all":
                 targets.setdefault(ref.source, []).append(ref)
         # One query for the post's sources, not one per source.
-        known = self.manifest.get_many(r.source for r in refs)
+        known = await self.manifest.get_many(r.source for r in refs)
         paired = {s for s, row in known.items() if s not in targets and row.status == "mirrored"}
         date = post_date(text)
         outcomes = dict(
@@ -455,22 +476,22 @@ class Job:
                     r for r in refs if r.source in mapping or (r.proxied and r.source in unwrap)
                 ]
                 mapping = {**unwrap, **mapping}
-            written = self._rewrite(post, text, refs, mapping)
+            written = await self._rewrite(post, text, refs, mapping)
             if written is None:
                 return
             if written is not post.data:
                 digest = hashlib.sha256(written).hexdigest()
                 st = post.path.stat() if self.out is None else st
         if st is not None and not self.dry_run:
-            self._note_post(PostRecord(post.path, st, digest, next_check, self.mode))
+            await self._note_post(PostRecord(post.path, st, digest, next_check, self.mode))
 
-    def _note_post(self, record: PostRecord) -> None:
+    async def _note_post(self, record: PostRecord) -> None:
         self._posts.append(record)
         # Results first (a post's record claims its sources are settled), in bounded batches.
         if len(self._posts) >= BATCH:
-            self._flush()
+            await self._flush()
 
-    def _rewrite(
+    async def _rewrite(
         self, post: Post, text: str, refs: list[ImageRef], mapping: dict[str, str]
     ) -> bytes | None:
         """Rewrite the post; return its bytes now (``post.data`` when unchanged), None if left."""
@@ -484,9 +505,9 @@ class Job:
         if not spans and self.out is None:
             return post.data
         # Results first: the spans name sources the manifest must already hold.
-        self._flush()
+        await self._flush()
         manifest = self.manifest if self.out is None else None
-        if write_recorded(post, new_data, spans, manifest, self.out, durable=self.durable):
+        if await write_recorded(post, new_data, spans, manifest, self.out, durable=self.durable):
             self.summary.rewritten += bool(spans)
             return new_data
         self.summary.left_alone += 1
@@ -565,7 +586,7 @@ class Job:
             # host-down is this run's verdict on the host, not on the URL: due next run.
             due = now if outcome.reason == "host-down" else now + backoff
             outcome = dataclasses.replace(outcome, next_attempt=due)
-        self._record(source, outcome, now)
+        await self._record(source, outcome, now)
         return outcome
 
     async def _refresh(
@@ -587,23 +608,29 @@ class Job:
             else:
                 due = now + self.config.fetch.failure_backoff
                 result = dataclasses.replace(outcome, next_attempt=due)
-            self._record(source, result, now)
+            await self._record(source, result, now)
             return kept
-        self._record(source, outcome, now)
+        await self._record(source, outcome, now)
         return outcome
 
-    def _record(self, source: str, outcome: Outcome, now: float) -> None:
+    async def _record(self, source: str, outcome: Outcome, now: float) -> None:
         self._pending.append(outcome.result(source, now))
         if len(self._pending) >= BATCH:
-            self._flush()
+            await self._flush()
 
-    def _flush(self) -> None:
+    async def _flush(self) -> None:
+        async with self._flushing:
+            await self._flush_now()
+
+    async def _flush_now(self) -> None:
+        # Taken only under the lock: one flush waiting for the database must not let a later one
+        # commit posts whose sources are in the batch still on its way.
         if self._pending:
             batch, self._pending = self._pending, []
-            self.manifest.record_results(batch)
+            await self.manifest.record_results(batch)
         if self._posts:
             posts, self._posts = self._posts, []
-            self.manifest.record_posts(
+            await self.manifest.record_posts(
                 (
                     post_key(r.path),
                     r.stat.st_size,

@@ -13,6 +13,7 @@ Two threads beside the job, so neither a busy event loop nor a slow first pass s
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -24,10 +25,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import TextIO
 
-from mirror.config import sqlite_manifest
 from mirror.errors import MirrorError
 from mirror.extract import Extractor
-from mirror.manifest import Manifest, PostState
+from mirror.manifest import PostState, manifest_exists, open_manifest
 from mirror.models import ImageRef
 from mirror.pipeline import Job, RunSummary, post_key
 from mirror.rewrite import decode
@@ -86,17 +86,24 @@ def first_pass(job: Job, paths: Sequence[Path], totals: Totals, stop: threading.
     Count the posts under ``paths`` and the references the job will act on in those it reads.
 
     Posts the job skips unread (the stat fast path) count as posts but add no references, as in
-    the job's own summary. Stops early, leaving ``totals`` unknown, once ``stop`` is set.
+    the job's own summary. Stops early, leaving ``totals`` unknown, once ``stop`` is set. Runs
+    an event loop of its own: the job's is busy, and the manifest is reached through the seam.
     """
+    asyncio.run(_first_pass(job, paths, totals, stop))
+
+
+async def _first_pass(
+    job: Job, paths: Sequence[Path], totals: Totals, stop: threading.Event
+) -> None:
     config = job.config
     extractor = Extractor(config.scan)
-    path = sqlite_manifest(config)
     posts = refs = 0
-    with contextlib.ExitStack() as stack:
+    async with contextlib.AsyncExitStack() as stack:
         manifest = None
-        if job.fast and path.is_file():
+        if job.fast and await manifest_exists(config):
             # Its own read-only connection: this thread must not share the job's.
-            manifest = stack.enter_context(Manifest(path, readonly=True))
+            opened = open_manifest(config, readonly=True)
+            manifest = await stack.enter_async_context(opened)
         folder, states = "", dict[str, PostState]()
         for file, rel in find_posts(paths, config.scan):
             if stop.is_set():
@@ -106,7 +113,7 @@ def first_pass(job: Job, paths: Sequence[Path], totals: Totals, stop: threading.
                 key = post_key(file)
                 if key.rpartition(os.sep)[0] != folder:
                     folder = key.rpartition(os.sep)[0]
-                    states = manifest.post_states_in(folder)
+                    states = await manifest.post_states_in(folder)
                 with contextlib.suppress(OSError):
                     if job.skips_unread(states.get(key), file.stat()):
                         continue

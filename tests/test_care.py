@@ -719,6 +719,7 @@ def test_revert_finds_an_older_journal_keyed_by_the_path_as_typed(
     same relative key recorded for another post elsewhere is left for that post."""
     from mirror.config import load_config
     from mirror.extract import Extractor
+    from mirror.manifest import open_manifest
     from mirror.models import Post
     from mirror.rewrite import rewrite
     from mirror.scan import write_recorded
@@ -730,15 +731,20 @@ def test_revert_finds_an_older_journal_keyed_by_the_path_as_typed(
     assert ExitStatus.OK == main(["fetch", *site.opts, str(site.posts), str(twin)])
     config = load_config(site.config)
     extractor = Extractor(config.scan)
-    with Manifest(manifest_path(site.store)) as manifest:
-        mapping = manifest.mirrored_mapping(config.base_url)
-        # What an older mirror did: the journal keyed by the path as typed in its folder.
-        for folder in (tmp_path, tmp_path / "other"):
-            monkeypatch.chdir(folder)
-            relative = Path("site/posts/a.md")
-            data = relative.read_bytes()
-            result = rewrite(data, mapping, extractor, "a.md")
-            assert write_recorded(Post(relative, "a.md", data), result.data, result.spans, manifest)
+    relative = Path("site/posts/a.md")
+    folders = {f: (f / relative).read_bytes() for f in (tmp_path, tmp_path / "other")}
+
+    async def older_mirror() -> None:
+        async with open_manifest(config) as manifest:
+            mapping = await manifest.mirrored_mapping(config.base_url)
+            # What an older mirror did: the journal keyed by the path as typed in its folder.
+            for folder, data in folders.items():
+                monkeypatch.chdir(folder)
+                result = rewrite(data, mapping, extractor, "a.md")
+                post = Post(relative, "a.md", data)
+                assert await write_recorded(post, result.data, result.spans, manifest)
+
+    asyncio.run(older_mirror())
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)

@@ -3,12 +3,16 @@ The scheduled job and the archive rescue: the stat fast path, backoff and the ci
 (with a fake clock), the sources after origin and proxy (https, alternates, a Wayback Machine
 answering through connect_to), request profiles, --only-failed, on_failure, --refresh-after,
 the store lock with two processes, --every, and flat memory as the archive grows.
+
+The tests taking ``manifest_url`` run twice: over the store's own SQLite file and over a fresh
+PostgreSQL database (the ``fetch``/``run`` path is the same code on both).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -17,22 +21,26 @@ import signal
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import trustme
 from aiohttp import web
 from conftest import threaded_server
 from PIL import Image
+from s3_server import S3Bucket
 
 from mirror.cli import main
 from mirror.config import ProfileConfig, load_config
+from mirror.downloader import Outcome
 from mirror.errors import ExitStatus
-from mirror.manifest import Manifest, manifest_path
+from mirror.manifest import Manifest, SourceRow, manifest_exists, manifest_path, open_manifest
 from mirror.pipeline import Job
 
 WRAP = "http://proxy.example/?"
@@ -55,6 +63,8 @@ class Net:
     cacert: str = ""
     hits: Counter[str] = dataclasses.field(default_factory=Counter)
     headers: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    # /stall/ answers once this is set (at teardown at the latest): an event, not a sleep.
+    release: threading.Event = dataclasses.field(default_factory=threading.Event)
 
 
 @pytest.fixture
@@ -92,6 +102,9 @@ def net(tmp_path: Path) -> Iterator[Net]:
             return web.Response(status=403)
         if path.startswith("/503/"):
             return web.Response(status=503)
+        if path.startswith("/stall/"):
+            await asyncio.to_thread(state.release.wait, 60)
+            return web.Response(body=jpeg(number), content_type="image/jpeg")
         if path.startswith("/html/"):
             return web.Response(text="<html>no</html>", content_type="text/html")
         return web.Response(status=404)
@@ -107,14 +120,34 @@ def net(tmp_path: Path) -> Iterator[Net]:
         app.router.add_route("GET", "/{tail:.*}", handle)
     with threaded_server(plain) as http, threaded_server(secure, context) as https:
         state.http, state.https = http, https
-        yield state
+        try:
+            yield state
+        finally:
+            state.release.set()
 
 
-def config_file(tmp_path: Path, net: Net, extra: str = "") -> Path:
+@pytest.fixture(params=["sqlite", "postgres"])
+def manifest_url(request: pytest.FixtureRequest) -> str:
+    """Each backend: "" (the store's own SQLite file) or a fresh PostgreSQL database's URL."""
+    if request.param == "sqlite":
+        return ""
+    return str(request.getfixturevalue("pg_url"))
+
+
+def config_file(
+    tmp_path: Path,
+    net: Net,
+    extra: str = "",
+    *,
+    manifest: str = "",
+    store: str | None = None,
+    read_timeout: float = 2.0,
+) -> Path:
+    """The test's config.toml; ``manifest`` is [manifest] url, ``store`` the [store] table."""
     path = tmp_path / "config.toml"
     path.write_text(
         "[scan]\nwrappers = ['^http://proxy\\.example/\\?(?P<url>.+)$']\n"
-        "[fetch]\nbackoff_initial = 0.0\nattempts = 1\nread_timeout = 2.0\n"
+        f"[fetch]\nbackoff_initial = 0.0\nattempts = 1\nread_timeout = {read_timeout}\n"
         f"{extra}\n"
         "[network]\n"
         f"cacert = '{net.cacert}'\n"
@@ -122,10 +155,31 @@ def config_file(tmp_path: Path, net: Net, extra: str = "") -> Path:
         f"'proxy.example:80:127.0.0.1:{net.http}', "
         f"'origin.example:443:127.0.0.1:{net.https}', "
         f"'web.archive.org:443:127.0.0.1:{net.https}']\n"
-        f"[store]\npath = '{tmp_path / 'cache'}'\n",
+        + (f"[manifest]\nurl = '{manifest}'\n" if manifest else "")
+        + (store if store is not None else f"[store]\npath = '{tmp_path / 'cache'}'\n"),
         encoding="utf-8",
     )
     return path
+
+
+def source_row(config: Path, source: str) -> SourceRow | None:
+    """The manifest's row for ``source``, read through the seam (either backend)."""
+
+    async def get() -> SourceRow | None:
+        async with open_manifest(load_config(config), readonly=True) as manifest:
+            return await manifest.get(source)
+
+    return asyncio.run(get())
+
+
+def host_profile(config: Path, host: str) -> str | None:
+    """The request profile the manifest remembers for ``host`` (either backend)."""
+
+    async def get() -> str | None:
+        async with open_manifest(load_config(config), readonly=True) as manifest:
+            return await manifest.host_profile(host)
+
+    return asyncio.run(get())
 
 
 def post(*paths: str, date: str = "2022-01-31 07:43:00", extra: str = "") -> str:
@@ -159,15 +213,20 @@ def rows(tmp_path: Path) -> dict[str, Any]:
 
 
 def test_unchanged_posts_are_not_read_again(
-    tmp_path: Path, net: Net, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, net: Net, monkeypatch: pytest.MonkeyPatch, manifest_url: str
 ) -> None:
     """Second run: nothing parsed or fetched; a touched post is hashed only; an edit is parsed."""
-    config = config_file(tmp_path, net)
+    config = config_file(tmp_path, net, manifest=manifest_url)
     posts = tmp_path / "posts"
     posts.mkdir()
     for n in range(3):
         (posts / f"p{n}.md").write_text(post(f"/good/{n}.jpg"), encoding="utf-8")
     assert ExitStatus.OK == main(["run", "--config", str(config), "-q", str(posts)])
+    for n in range(3):
+        text = (posts / f"p{n}.md").read_text(encoding="utf-8")
+        assert re.search(r'src="/mirror/[0-9a-f]{2}/[0-9a-f]{64}\.jpg"', text)
+        assert WRAP not in text
+    assert (3, 3) == (sum(net.hits.values()), len(_objects(config)))
     parsed: list[str] = []
     real = Job.__init__
 
@@ -201,9 +260,9 @@ def test_unchanged_posts_are_not_read_again(
     assert ExitStatus.OK == summary.exit_status
 
 
-def test_failures_back_off_with_a_fake_clock(tmp_path: Path, net: Net) -> None:
+def test_failures_back_off_with_a_fake_clock(tmp_path: Path, net: Net, manifest_url: str) -> None:
     """A failed URL waits failure_backoff, then twice that; the post is not even read meanwhile."""
-    config = config_file(tmp_path, net, "failure_backoff = 600.0")
+    config = config_file(tmp_path, net, "failure_backoff = 600.0", manifest=manifest_url)
     posts = tmp_path / "posts"
     posts.mkdir()
     (posts / "a.md").write_text(post("/dead/1.jpg"), encoding="utf-8")
@@ -215,7 +274,8 @@ def test_failures_back_off_with_a_fake_clock(tmp_path: Path, net: Net) -> None:
         summary = run_job(config, posts, clock)
         assert hits == net.hits[url], offset
         assert ExitStatus.INCOMPLETE == summary.exit_status
-    row = rows(tmp_path)[url]
+    row = source_row(config, url)
+    assert row is not None
     assert (3, "http-404") == (row.failures, row.reason)
 
 
@@ -281,13 +341,15 @@ def test_wayback_https_and_alternates(tmp_path: Path, net: Net) -> None:
     assert ("wayback", capture) == (row.via, row.fetched_from)
 
 
-def test_request_profiles_are_tried_on_403_and_remembered(tmp_path: Path, net: Net) -> None:
+def test_request_profiles_are_tried_on_403_and_remembered(
+    tmp_path: Path, net: Net, manifest_url: str
+) -> None:
     """A 403 tries the host's profiles in order; the one that worked goes first next time."""
     profiles = (
         '[[fetch.profiles]]\nname = "ua"\nuser_agent = "Other/1.0"\n'
         '[[fetch.profiles]]\nname = "home"\nhosts = ["origin.example"]\nreferer = "origin"\n'
     )
-    config = config_file(tmp_path, net)
+    config = config_file(tmp_path, net, manifest=manifest_url)
     config.write_text(config.read_text(encoding="utf-8") + profiles, encoding="utf-8")
     posts = tmp_path / "posts"
     posts.mkdir()
@@ -304,8 +366,7 @@ def test_request_profiles_are_tried_on_403_and_remembered(tmp_path: Path, net: N
     assert ExitStatus.OK == main(["run", "--config", str(config), "-q", str(posts)])
     assert 1 == net.hits["http://origin.example/referer/2.jpg"]
     assert "http://origin.example/" == net.headers["http://origin.example/referer/2.jpg"]["Referer"]
-    with Manifest(manifest_path(tmp_path / "cache"), readonly=True) as manifest:
-        assert "home" == manifest.host_profile("origin.example")
+    assert "home" == host_profile(config, "origin.example")
     assert isinstance(load_config(config).fetch.profiles[1], ProfileConfig)
 
 
@@ -364,6 +425,226 @@ def test_refresh_after_revalidates_with_a_conditional_request(tmp_path: Path, ne
     assert ETAG == net.headers[url]["If-None-Match"]
     assert (before.sha256, "mirrored") == (after.sha256, after.status)
     assert after.last_attempt > before.last_attempt
+
+
+# --- either backend ---------------------------------------------------------------------------
+
+
+def _objects(config: Path) -> dict[str, str]:
+    """Source -> sha256 of every mirrored source, read through the seam (either backend)."""
+
+    async def get() -> dict[str, str]:
+        async with open_manifest(load_config(config), readonly=True) as manifest:
+            return {s: row.sha256 for row in await manifest.objects() for s in row.sources}
+
+    return asyncio.run(get())
+
+
+def test_fetch_then_run(tmp_path: Path, net: Net, manifest_url: str) -> None:
+    """fetch mirrors and leaves the posts alone; run then rewrites them without a request."""
+    config = config_file(tmp_path, net, manifest=manifest_url)
+    posts = tmp_path / "posts"
+    posts.mkdir()
+    before = post("/good/1.jpg", "/good/2.jpg")
+    (posts / "a.md").write_text(before, encoding="utf-8")
+    assert ExitStatus.OK == main(["fetch", "--config", str(config), "-q", str(posts)])
+    assert before == (posts / "a.md").read_text(encoding="utf-8")
+    sources = {f"http://origin.example/good/{n}.jpg" for n in (1, 2)}
+    assert sources == set(_objects(config))
+    hits = sum(net.hits.values())
+    assert ExitStatus.OK == main(["run", "--config", str(config), "-q", str(posts)])
+    assert hits == sum(net.hits.values())
+    text = (posts / "a.md").read_text(encoding="utf-8")
+    for sha256 in _objects(config).values():
+        assert f"/mirror/{sha256[:2]}/{sha256}.jpg" in text
+    assert WRAP not in text
+
+
+def test_dry_run_writes_nothing(
+    tmp_path: Path, net: Net, manifest_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No manifest is made, not even an empty one; over an existing one nothing changes."""
+    config = config_file(tmp_path, net, manifest=manifest_url)
+    posts = tmp_path / "posts"
+    posts.mkdir()
+    (posts / "a.md").write_text(post("/good/1.jpg"), encoding="utf-8")
+    (posts / "b.md").write_text(post("/good/2.jpg"), encoding="utf-8")
+    dry = ["run", "--config", str(config), "--dry-run", str(posts)]
+    assert ExitStatus.INCOMPLETE == main(dry)
+    assert "would fetch 2" in capsys.readouterr().err
+    assert not asyncio.run(manifest_exists(load_config(config)))
+    assert not (tmp_path / "cache").exists()
+    assert 0 == sum(net.hits.values())
+    (posts / "b.md").unlink()
+    assert ExitStatus.OK == main(["run", "--config", str(config), "-q", str(posts)])
+    (posts / "b.md").write_text(post("/good/2.jpg"), encoding="utf-8")
+    texts = {p.name: p.read_bytes() for p in posts.iterdir()}
+    assert ExitStatus.INCOMPLETE == main(dry)
+    # What is mirrored shows in the diff; only the new source is planned, and nothing is written.
+    err = capsys.readouterr().err
+    assert "would fetch 1" in err, err
+    assert texts == {p.name: p.read_bytes() for p in posts.iterdir()}
+    assert 1 == sum(net.hits.values())
+    assert source_row(config, "http://origin.example/good/2.jpg") is None
+
+
+def _lock_holder(url: str) -> int | None:
+    """The pid in a PostgreSQL manifest's store-lock record, or None (none, or no schema yet)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        try:
+            row = conn.execute("SELECT pid FROM store_lock").fetchone()
+        except psycopg.errors.UndefinedTable:
+            return None
+    return None if row is None else int(row[0])
+
+
+def _advisory_locks(url: str) -> int:
+    with psycopg.connect(url, autocommit=True) as conn:
+        found = conn.execute("SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory'")
+        row = found.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_two_runs_on_one_postgres_manifest_exclude_each_other(
+    tmp_path: Path, net: Net, pg_url: str
+) -> None:
+    """A second run is refused at once, naming the first; once that is killed it is taken over."""
+    # A first run stalled on an origin far longer than the test, so it holds the lock throughout.
+    config = config_file(tmp_path, net, manifest=pg_url, read_timeout=60.0)
+    first_posts, second_posts = tmp_path / "first", tmp_path / "second"
+    first_posts.mkdir()
+    second_posts.mkdir()
+    (first_posts / "a.md").write_text(post("/stall/1.jpg"), encoding="utf-8")
+    (second_posts / "b.md").write_text(post("/good/2.jpg"), encoding="utf-8")
+    command = [sys.executable, "-m", "mirror", "run", "--config", str(config)]
+    with subprocess.Popen([*command, str(first_posts)], stderr=subprocess.DEVNULL) as first:
+        try:
+            deadline = time.monotonic() + 30
+            # Polling another process for an event, bounded: its lock record shows it holds it.
+            while _lock_holder(pg_url) != first.pid:
+                assert first.poll() is None
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            second = subprocess.run(
+                [*command, str(second_posts)], capture_output=True, text=True, timeout=60
+            )
+            assert ExitStatus.FAILED == second.returncode, second.stderr
+            assert "the store is locked by another mirror" in second.stderr
+            assert f"pid {first.pid} on " in second.stderr
+            assert f"`mirror run --config {config} {first_posts}`" in second.stderr
+            assert 0 == net.hits["http://origin.example/good/2.jpg"]
+            first.kill()
+            first.wait(timeout=10)
+        finally:
+            first.kill()  # no-op once it exited; never leave it running
+    # The server ends a dead client's session, and its lock with it, once it sees the socket close.
+    while _advisory_locks(pg_url):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    third = subprocess.run(
+        [*command, str(second_posts)], capture_output=True, text=True, timeout=60
+    )
+    assert ExitStatus.OK == third.returncode, third.stderr
+    assert "took over the store lock" in third.stderr
+    assert 1 == net.hits["http://origin.example/good/2.jpg"]
+    assert None is _lock_holder(pg_url)
+
+
+async def _bucket_keys(bucket: S3Bucket) -> dict[str, str]:
+    """Every object in the bucket: key -> sha256 of its bytes."""
+    async with bucket.client() as client:
+        listing = await client.list_objects_v2(Bucket=bucket.name)
+        found = {}
+        for item in listing.get("Contents", []):
+            answer = await client.get_object(Bucket=bucket.name, Key=item["Key"])
+            async with answer["Body"] as body:
+                found[item["Key"]] = hashlib.sha256(await body.read()).hexdigest()
+        return found
+
+
+def test_run_over_postgres_and_s3(
+    tmp_path: Path, net: Net, pg_url: str, s3_bucket: S3Bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Posts rewritten, objects in the bucket, rows in the database, no local file; rerun no-op."""
+    asyncio.run(s3_bucket.create())
+    store = (
+        f'[store]\nurl = "s3://{s3_bucket.name}/m"\nstaging = "{tmp_path / "staging"}"\n'
+        f'[store.s3]\nendpoint_url = "{s3_bucket.endpoint}"\naddressing = "path"\n'
+    )
+    config = config_file(tmp_path, net, manifest=pg_url, store=store)
+    posts = tmp_path / "posts"
+    posts.mkdir()
+    (posts / "a.md").write_text(post("/good/1.jpg", "/dead/3.jpg"), encoding="utf-8")
+    (posts / "b.md").write_text(post("/good/1.jpg", "/good/2.jpg"), encoding="utf-8")
+    work = tmp_path / "work"
+    work.mkdir()
+    # The single-machine bookkeeping would land here (a SQLite file, mirror.lock): none may.
+    monkeypatch.chdir(work)
+    assert ExitStatus.INCOMPLETE == main(["run", "--config", str(config), "-q", str(posts)])
+    assert [] == list(work.iterdir())
+    objects = _objects(config)
+    assert {f"http://origin.example/good/{n}.jpg" for n in (1, 2)} == set(objects)
+    keys = asyncio.run(_bucket_keys(s3_bucket))
+    assert {f"m/{sha[:2]}/{sha}.jpg": sha for sha in objects.values()} == keys
+    for name in ("a.md", "b.md"):
+        text = (posts / name).read_text(encoding="utf-8")
+        sha = objects["http://origin.example/good/1.jpg"]
+        assert f"/mirror/{sha[:2]}/{sha}.jpg" in text
+    assert f"{WRAP}http://origin.example/dead/3.jpg" in (posts / "a.md").read_text("utf-8")
+    row = source_row(config, "http://origin.example/dead/3.jpg")
+    assert row is not None
+    assert "failed" == row.status
+    texts = {p.name: p.read_bytes() for p in posts.iterdir()}
+    hits = sum(net.hits.values())
+    summary = asyncio.run(Job(load_config(config), rewrite=True).run([posts]))
+    # The dead source is in its backoff: nothing read, nothing asked, nothing written.
+    assert (2, 2, 1) == (summary.posts, summary.unchanged, summary.waiting)
+    assert (hits, texts) == (
+        sum(net.hits.values()),
+        {p.name: p.read_bytes() for p in posts.iterdir()},
+    )
+
+
+class SlowResults:
+    """A manifest whose first ``record_results`` waits for ``release``: a batch in flight."""
+
+    def __init__(self, manifest: Any) -> None:
+        self.manifest = manifest
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+        self.committed: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.manifest, name)
+
+    async def record_results(self, rows: Any) -> None:
+        rows = list(rows)
+        if not self.entered.is_set():
+            self.entered.set()
+            await self.release.wait()
+        await self.manifest.record_results(rows)
+        self.committed += [row.source for row in rows]
+
+
+async def test_a_flush_waits_for_the_batch_in_flight(tmp_path: Path) -> None:
+    """A post about to be written flushes first; with another task's batch still on its way to
+    the database (PostgreSQL awaits it), that flush returns only once the batch is committed."""
+    config = load_config(config_file(tmp_path, Net()))
+    async with open_manifest(config) as real:
+        slow = SlowResults(real)
+        job = Job(config, rewrite=True, manifest=slow)  # type: ignore[arg-type]
+        job._manifest = slow  # type: ignore[assignment]  # as run() sets it
+        await job._record("http://origin.example/1.jpg", Outcome("failed", "http-404"), 1.0)
+        first = asyncio.create_task(job._flush())
+        await slow.entered.wait()
+        second = asyncio.create_task(job._flush())
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert not second.done()
+        slow.release.set()
+        await asyncio.gather(first, second)
+        assert ["http://origin.example/1.jpg"] == slow.committed
 
 
 # --- processes --------------------------------------------------------------------------------

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import threading
 from pathlib import Path
 
-from mirror.config import Config, StoreConfig
-from mirror.manifest import Manifest, manifest_path
+import pytest
+
+from mirror.config import Config, ManifestConfig, StoreConfig
+from mirror.manifest import open_manifest
 from mirror.pipeline import Job, RunSummary, post_key
 from mirror.progress import INTERVAL, Progress, Totals, first_pass, progress_line
 
@@ -38,8 +41,9 @@ def test_line_gives_totals_and_an_eta_on_references() -> None:
     assert "ETA" not in progress_line(running(), Totals(posts=5, refs=12), 10.0)
 
 
-def job_for(tmp_path: Path) -> Job:
-    return Job(Config(store=StoreConfig(path=str(tmp_path / "store"))), rewrite=True)
+def job_for(tmp_path: Path, manifest: str = "") -> Job:
+    store = StoreConfig(path=str(tmp_path / "store"))
+    return Job(Config(store=store, manifest=ManifestConfig(url=manifest)), rewrite=True)
 
 
 async def test_ticker_redraws_while_the_event_loop_is_blocked(tmp_path: Path) -> None:
@@ -64,18 +68,24 @@ async def test_ticker_redraws_while_the_event_loop_is_blocked(tmp_path: Path) ->
     assert progress.totals.refs is None
 
 
-def test_first_pass_counts_what_the_job_will_act_on(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_first_pass_counts_what_the_job_will_act_on(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
     """Acted-on references of the posts the job reads; a post it will skip unread adds none."""
     posts = tmp_path / "posts"
     posts.mkdir()
     for name in ("a.md", "b.md", "c.md"):
         (posts / name).write_text(POST, encoding="utf-8")
-    job = job_for(tmp_path)
-    store = tmp_path / "store"
-    with Manifest(manifest_path(store)) as manifest:
-        st = (posts / "c.md").stat()
-        record = (post_key(posts / "c.md"), st.st_size, st.st_mtime_ns, st.st_ino, "x", None, "run")
-        manifest.record_posts([record])
+    job = job_for(tmp_path, "" if backend == "sqlite" else request.getfixturevalue("pg_url"))
+    st = (posts / "c.md").stat()
+    record = (post_key(posts / "c.md"), st.st_size, st.st_mtime_ns, st.st_ino, "x", None, "run")
+
+    async def finished() -> None:
+        async with open_manifest(job.config) as manifest:
+            await manifest.record_posts([record])
+
+    asyncio.run(finished())
     totals = Totals()
     first_pass(job, [posts], totals, threading.Event())
     # Per post: 2 wrapped + 1 raw copy of a wrapped source; the unrelated raw image is not acted on.

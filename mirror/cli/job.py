@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, TextIO
 
 from mirror.cli import queue
 from mirror.cli.options import absolute_paths, check_paths
-from mirror.config import Config, ManifestConfig, StoreConfig, sqlite_manifest
+from mirror.config import Config, ManifestConfig, StoreConfig
 from mirror.errors import ExitStatus, MirrorError, StoreError, UsageError
-from mirror.lock import LockedError, StoreLock, command_line
+from mirror.lock import LockedError, command_line
+from mirror.manifest import manifest_exists, open_manifest
 from mirror.marker import check_out, check_store, mark_out, mark_store, prepare_demo_dir
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ async def run_job(job: Job, paths: Sequence[Path], quiet: bool) -> RunSummary:
         return await job.run(paths)
 
 
-def _report_stream(args: argparse.Namespace, stack: contextlib.ExitStack) -> TextIO | None:
+def _report_stream(args: argparse.Namespace, stack: contextlib.AsyncExitStack) -> TextIO | None:
     if args.report is None:
         return None
     if str(args.report) == "-":
@@ -67,20 +68,28 @@ def _report_stream(args: argparse.Namespace, stack: contextlib.ExitStack) -> Tex
 
 
 async def _once(args: argparse.Namespace, config: Config, *, rewrite: bool) -> ExitStatus:
-    """One run under the store lock (a dry run takes none: it writes nothing)."""
+    """
+    One run under the store lock of the manifest (a dry run takes none: it writes nothing):
+    an ``flock`` beside a SQLite file, an advisory lock of a PostgreSQL database, so two
+    machines running over one database exclude each other too.
+    """
     from mirror.pipeline import Job
 
     started = time.monotonic()
     dry_run = getattr(args, "dry_run", False)
     out = getattr(args, "out", None)
-    empty = not sqlite_manifest(config).is_file()
+    # Only a dry run's plan says whether the store is new.
+    empty = dry_run and not await manifest_exists(config)
     paths = args.paths
-    with contextlib.ExitStack() as stack:
+    async with contextlib.AsyncExitStack() as stack:
+        manifest = None
         if not dry_run:
             if config.store.scheme == "file":
                 mark_store(Path(config.store.path))
-            # Beside the manifest: the store's own folder for a local store.
-            stack.enter_context(StoreLock(config.home, command_line()))
+            # Opened first: a PostgreSQL manifest's lock lives in its schema. Taken before the
+            # report is opened, so a refused run truncates nobody's report.
+            manifest = await stack.enter_async_context(open_manifest(config))
+            await stack.enter_async_context(manifest.lock(command_line()))
             if out is not None:
                 mark_out(out)
             elif rewrite:
@@ -94,6 +103,7 @@ async def _once(args: argparse.Namespace, config: Config, *, rewrite: bool) -> E
             only_failed=args.only_failed,
             retry_reasons=frozenset(args.retry_reason or ()),
             refresh_after=args.refresh_after,
+            manifest=manifest,
         )
         summary = await run_job(job, paths, args.quiet)
     if not args.quiet:

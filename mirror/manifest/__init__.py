@@ -7,13 +7,15 @@ The manifest: what every source URL became, which objects exist, and how posts w
 database (:mod:`mirror.manifest.postgres` and its ``postgres_*`` parts, which alone import
 psycopg). Each backend's class is composed of mixins by job (``*_sources``, ``*_posts``,
 ``*_serve``); its schema and migrations stay in the backend's main module. The synchronous
-:class:`Manifest` of :mod:`mirror.manifest.sqlite` is what the commands use until they switch.
+:class:`Manifest` of :mod:`mirror.manifest.sqlite` is what the commands not moved yet use.
+:func:`dry_run_manifest` is what a command that must write nothing reads.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from mirror.config import Config
 from mirror.manifest import base
@@ -61,6 +63,7 @@ __all__ = [
     "SQLiteManifest",
     "SourceResult",
     "SourceRow",
+    "dry_run_manifest",
     "load_attempts",
     "manifest_exists",
     "manifest_name",
@@ -120,3 +123,21 @@ async def manifest_exists(config: Config) -> bool:
         return await schema_exists(config.manifest.url)
     path = config.manifest_file
     return path is not None and path.is_file()
+
+
+async def dry_run_manifest(
+    config: Config, *, clock: Callable[[], float] = time.time
+) -> base.Manifest:
+    """
+    Build the manifest a dry run reads: ``config``'s, read-only, when it exists; else an empty
+    in-memory SQLite one, so that nothing is created on either backend (not even a file).
+
+    Enter it (``async with``) before use. The in-memory one takes writes and forgets them.
+
+    Raises:
+        ManifestError: the PostgreSQL server cannot be reached.
+    """
+    if await manifest_exists(config):
+        return open_manifest(config, readonly=True, clock=clock)
+    # ":memory:" is SQLite's name for no file at all.
+    return SQLiteManifest(Path(":memory:"), clock=clock)

@@ -361,8 +361,8 @@ class SyncHostProfiles:
     """
     The async host-profile calls of a synchronous :class:`Manifest`, for the Downloader.
 
-    Only for the commands that still hold the synchronous manifest (``fetch``/``run`` in one
-    process, ``verify --repair``); it goes when they take the async one.
+    Only for the command that still holds the synchronous manifest (``verify --repair``); it
+    goes when that takes the async one.
     """
 
     def __init__(self, manifest: Manifest) -> None:
