@@ -24,7 +24,7 @@ from pathlib import Path
 from mirror.atomic import READ_FLAGS, TEMP_NAME, atomic_write, describe_kind, read_at_most
 from mirror.config import ScanConfig
 from mirror.errors import UsageError
-from mirror.manifest import Manifest
+from mirror.manifest.base import Manifest
 from mirror.models import Post, Span
 from mirror.swap import replace_unchanged
 
@@ -211,7 +211,7 @@ def write_post(
     return replaced.done
 
 
-def write_recorded(
+async def write_recorded(
     post: Post,
     data: bytes,
     spans: Sequence[Span],
@@ -230,7 +230,7 @@ def write_recorded(
     """
     generation = None
     if manifest is not None and spans:
-        generation = manifest.record_spans(
+        generation = await manifest.record_spans(
             str(post.path),
             spans,
             [span.source for span in spans],
@@ -240,5 +240,5 @@ def write_recorded(
     if write_post(post, data, out, durable=durable):
         return True
     if manifest is not None and generation is not None:
-        manifest.forget_rewrite(str(post.path), generation)
+        await manifest.forget_rewrite(str(post.path), generation)
     return False
