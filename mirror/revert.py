@@ -25,10 +25,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mirror.audit import sync_care_manifest
+from mirror.audit import care_manifest
 from mirror.config import Config
 from mirror.errors import ExitStatus
-from mirror.manifest import Manifest, Rewrite
+from mirror.manifest import Rewrite
+from mirror.manifest.base import Manifest
 from mirror.models import Post, Span
 from mirror.rewrite import undo
 from mirror.scan import iter_posts, write_post
@@ -64,13 +65,12 @@ def post_key(path: Path) -> str:
     return os.path.abspath(path)  # noqa: PTH100
 
 
-def _legacy_keys(manifest: Manifest) -> dict[str, list[str]]:
+async def _legacy_keys(manifest: Manifest) -> dict[str, list[str]]:
     """
     Journal keys written before keys were absolute (the path as typed, relative to wherever
     that command ran), by their tail: the key without leading ``./`` and ``../`` parts.
     """
-    # One query for the whole revert; manifest.py has none for this.
-    keys = [key for (key,) in manifest.conn.execute("SELECT DISTINCT post FROM rewrites")]
+    keys = await manifest.rewritten_posts()  # one query for the whole revert
     tails: dict[str, list[str]] = {}
     for key in keys:
         if Path(key).is_absolute():
@@ -81,7 +81,7 @@ def _legacy_keys(manifest: Manifest) -> dict[str, list[str]]:
     return tails
 
 
-def _history(
+async def _history(
     manifest: Manifest, path: Path, legacy: dict[str, list[str]]
 ) -> list[tuple[str, Rewrite]]:
     """
@@ -89,11 +89,11 @@ def _history(
     path, and any legacy relative key that is a tail of it (from any working folder).
     """
     key = post_key(path)
-    groups = [[(key, rewrite) for rewrite in manifest.spans_for(key)]]
+    groups = [[(key, rewrite) for rewrite in await manifest.spans_for(key)]]
     parts = Path(key).parts
     for start in range(1, len(parts)):
         for old in legacy.get("/".join(parts[start:]), ()):
-            groups.append([(old, rewrite) for rewrite in manifest.spans_for(old)])
+            groups.append([(old, rewrite) for rewrite in await manifest.spans_for(old)])
     # Newest first across keys; merge keeps each key's own generation order whatever the clock.
     return list(heapq.merge(*groups, key=lambda item: -item[1].created))
 
@@ -130,7 +130,7 @@ def _undo(
     return data, spans, forget
 
 
-def revert(
+async def revert(
     config: Config,
     paths: Sequence[Path],
     *,
@@ -150,11 +150,11 @@ def revert(
         LockedError: not a dry run, and another mirror holds the store lock.
     """
     result = Reverted()
-    with sync_care_manifest(config, write=show is None) as manifest:
-        legacy = _legacy_keys(manifest)
+    async with care_manifest(config, write=show is None) as manifest:
+        legacy = await _legacy_keys(manifest)
         for post in iter_posts(paths, config.scan):
             result.posts += 1
-            history = _history(manifest, post.path, legacy)
+            history = await _history(manifest, post.path, legacy)
             if not history:
                 continue
             undone = _undo(post.data, history, post_key(post.path))
@@ -170,9 +170,9 @@ def revert(
                 result.left_alone.append(str(post.path))
                 continue
             if show is None:
-                with manifest.transaction():
+                async with manifest.transaction():
                     for owner, generation in forget:
-                        manifest.forget_rewrite(owner, generation)
+                        await manifest.forget_rewrite(owner, generation)
             if spans:
                 result.reverted += 1
                 result.spans += spans

@@ -539,10 +539,6 @@ async def test_job_script_waits_for_the_workers(pg_url: str, tmp_path: Path, ups
     assert lines[-1].startswith("mirror: ")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`mirror rewrite` opens only a SQLite manifest so far (README, the manifest's status)",
-)
 async def test_job_script_rewrites_from_postgresql(
     pg_url: str, tmp_path: Path, upstream: Any
 ) -> None:

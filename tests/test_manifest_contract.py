@@ -418,6 +418,18 @@ async def test_forget_rewrite_drops_its_spans(manifest: Manifest, backend: Backe
     )
 
 
+async def test_rewritten_posts_lists_each_post_once(manifest: Manifest) -> None:
+    """What revert reads to find journal keys written before keys were absolute."""
+    assert [] == await manifest.rewritten_posts()
+    await manifest.record_spans("/b/p.md", [Span(1, "a", "b")], ["s"])
+    await manifest.record_spans("/b/p.md", [Span(2, "c", "d")], ["t"], before_sha256=SHA_A)
+    generation = await manifest.record_spans("a.md", [Span(1, "a", "b")], ["s"])
+    assert ["/b/p.md", "a.md"] == await manifest.rewritten_posts()
+    assert generation is not None
+    await manifest.forget_rewrite("a.md", generation)
+    assert ["/b/p.md"] == await manifest.rewritten_posts()
+
+
 async def test_spans_and_sources_must_pair_up(manifest: Manifest) -> None:
     """Each span needs the source it was made for; no spans records nothing."""
     with pytest.raises(ValueError, match="spans"):

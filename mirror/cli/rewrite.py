@@ -3,50 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
-import hashlib
 import json
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 from mirror.cli.options import absolute_paths, check_paths, print_diff
-from mirror.config import Config, sqlite_manifest, with_public_wrapper
+from mirror.config import Config, with_public_wrapper
 from mirror.errors import ExitStatus, UsageError
 from mirror.extract import Extractor
-from mirror.lock import StoreLock, command_line
-from mirror.manifest import Manifest
+from mirror.lock import command_line
+from mirror.manifest import manifest_exists, manifest_name, open_manifest
 from mirror.marker import check_folder, check_out, check_store, is_store, mark_out, mark_store
-from mirror.models import Post, Span
 from mirror.rewrite import rewrap, rewrite
-from mirror.scan import iter_posts, write_post
+from mirror.scan import iter_posts, write_recorded
 from mirror.source import wrapper_base
 from mirror.summary import plural
-
-
-def _write_recorded_sync(
-    post: Post, data: bytes, spans: Sequence[Span], manifest: Manifest | None, out: Path | None
-) -> bool:
-    """
-    :func:`mirror.scan.write_recorded` over the synchronous manifest this command still holds.
-
-    A stop-gap: ``write_recorded`` awaits the async manifest now; once this command takes that
-    manifest too, it calls ``write_recorded`` again and this goes.
-    """
-    generation = None
-    if manifest is not None and spans:
-        generation = manifest.record_spans(
-            str(post.path),
-            spans,
-            [span.source for span in spans],
-            before_sha256=hashlib.sha256(post.data).hexdigest(),
-            after_sha256=hashlib.sha256(data).hexdigest(),
-        )
-    if write_post(post, data, out):
-        return True
-    if manifest is not None and generation is not None:
-        manifest.forget_rewrite(str(post.path), generation)
-    return False
 
 
 def _load_map(path: Path) -> dict[str, str]:
@@ -63,12 +36,13 @@ def _load_map(path: Path) -> dict[str, str]:
     return data
 
 
-def _manifest_mapping(config: Config) -> dict[str, str]:
-    path = sqlite_manifest(config)
-    if not path.is_file():
-        raise UsageError(f"no --map given and no manifest at {path}: run `mirror fetch` first")
-    with Manifest(path, readonly=True) as manifest:
-        return manifest.mirrored_mapping(config.base_url)
+async def _manifest_mapping(config: Config) -> dict[str, str]:
+    if not await manifest_exists(config):
+        raise UsageError(
+            f"no --map given and no manifest at {manifest_name(config)}: run `mirror fetch` first"
+        )
+    async with open_manifest(config, readonly=True) as manifest:
+        return await manifest.mirrored_mapping(config.base_url)
 
 
 def _rewrap_base(args: argparse.Namespace) -> str | None:
@@ -82,22 +56,21 @@ def _rewrap_base(args: argparse.Namespace) -> str | None:
         raise UsageError(f"--rewrap: {exc}") from exc
 
 
-def _recording_manifest(args: argparse.Namespace, config: Config, mapped: bool) -> Path | None:
+async def _records(args: argparse.Namespace, config: Config, mapped: bool) -> bool:
     """
-    The manifest an in-place rewrite records its spans in (for ``--revert``), or None for none.
+    Whether an in-place rewrite records its spans in the manifest (for ``--revert``).
 
     From the manifest's mapping the store exists already. With ``--map`` or ``--rewrap`` no
     store is needed: one that exists is used; none is made unless asked (--store, --create).
     """
-    path = sqlite_manifest(config)
     if config.store.scheme != "file":
-        return None if mapped and not path.is_file() and not config.store.create else path
+        return not mapped or config.store.create or await manifest_exists(config)
     root = Path(config.store.path)
     if mapped and not is_store(root) and args.store is None and not config.store.create:
-        return None
+        return False
     check_store(root, create=config.store.create, makes_missing=False)
     mark_store(root)
-    return path
+    return True
 
 
 def cmd_rewrite(args: argparse.Namespace, config: Config) -> ExitStatus:
@@ -107,6 +80,10 @@ def cmd_rewrite(args: argparse.Namespace, config: Config) -> ExitStatus:
     if args.revert:
         return _revert(args, config)
     check_paths(args.paths, config)
+    return asyncio.run(_rewrite(args, config))
+
+
+async def _rewrite(args: argparse.Namespace, config: Config) -> ExitStatus:
     base = _rewrap_base(args)
     mapping: dict[str, str] = {}
     if base is not None:
@@ -115,23 +92,22 @@ def cmd_rewrite(args: argparse.Namespace, config: Config) -> ExitStatus:
     elif args.map is not None:
         mapping = _load_map(args.map)
     else:
-        mapping = _manifest_mapping(config)
+        mapping = await _manifest_mapping(config)
     if args.out is not None:
         check_out(args.out, args.paths)
     extractor = Extractor(config.scan)
     posts = changed = spans = skipped = 0
     paths = args.paths
     unrecorded = None
-    with contextlib.ExitStack() as stack:
+    async with contextlib.AsyncExitStack() as stack:
         manifest = None
         if not args.dry_run and args.out is None:
-            path = _recording_manifest(args, config, base is not None or args.map is not None)
-            if path is None:
+            if not await _records(args, config, base is not None or args.map is not None):
                 unrecorded = config.store.location
             else:
                 # In place: under the store lock, and recorded so `--revert` can undo it.
-                stack.enter_context(StoreLock(config.home, command_line()))
-                manifest = stack.enter_context(Manifest(path, durability=config.store.durability))
+                manifest = await stack.enter_async_context(open_manifest(config))
+                await stack.enter_async_context(manifest.lock(command_line()))
                 paths = absolute_paths(paths)
         elif not args.dry_run:
             mark_out(args.out)
@@ -145,7 +121,7 @@ def cmd_rewrite(args: argparse.Namespace, config: Config) -> ExitStatus:
                 )
             if args.dry_run:
                 print_diff(post, result.data)
-            elif (result.spans or args.out is not None) and not _write_recorded_sync(
+            elif (result.spans or args.out is not None) and not await write_recorded(
                 post, result.data, result.spans, manifest, args.out
             ):
                 skipped += 1
@@ -179,6 +155,6 @@ def _revert(args: argparse.Namespace, config: Config) -> ExitStatus:
         raise UsageError("--revert cannot be combined with --map, --rewrap or --out")
     check_paths(args.paths, config)
     paths = absolute_paths(args.paths)
-    result = revert(config, paths, show=print_diff if args.dry_run else None)
+    result = asyncio.run(revert(config, paths, show=print_diff if args.dry_run else None))
     print(result.summary(args.dry_run), file=sys.stderr)
     return result.exit_status

@@ -218,6 +218,10 @@ class Manifest(Protocol):
         """Return the rewrites of ``post``, newest first."""
         ...
 
+    async def rewritten_posts(self) -> list[str]:
+        """Return the key of every post with a recorded rewrite, sorted by code point."""
+        ...
+
     async def forget_rewrite(self, post: str, generation: int) -> None:
         """Drop one generation of ``post``'s rewrites."""
         ...

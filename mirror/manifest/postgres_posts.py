@@ -153,6 +153,13 @@ class PostsMixin(Base):
             for g, before, after, created in heads
         ]
 
+    async def rewritten_posts(self) -> list[str]:
+        """Return the key of every post with a recorded rewrite, sorted by code point."""
+        async with self._read("reading spans") as conn:
+            rows = await self._all(conn, "SELECT DISTINCT post FROM rewrites", ())
+        # Sorted here: the database's collation need not be by code point.
+        return sorted(str(key) for (key,) in rows)
+
     async def forget_rewrite(self, post: str, generation: int) -> None:
         """Drop one generation of ``post``'s rewrites, once it is undone or never landed."""
         async with self._write("forgetting a rewrite") as conn:

@@ -226,6 +226,10 @@ class SQLiteManifest:
         """Return the rewrites of ``post``, newest first."""
         return await self._call(self.sync.spans_for, post)
 
+    async def rewritten_posts(self) -> list[str]:
+        """Return the key of every post with a recorded rewrite, sorted by code point."""
+        return await self._call(self.sync.rewritten_posts)
+
     async def forget_rewrite(self, post: str, generation: int) -> None:
         """Drop one generation of ``post``'s rewrites."""
         await self._call(self.sync.forget_rewrite, post, generation)

@@ -142,6 +142,12 @@ class PostsMixin(Base):
             for g, before, after, created in heads
         ]
 
+    def rewritten_posts(self) -> list[str]:
+        """Return the key of every post with a recorded rewrite, sorted by code point."""
+        with self._lock, self._errors("reading spans"):
+            rows = self.conn.execute("SELECT DISTINCT post FROM rewrites").fetchall()
+        return sorted(key for (key,) in rows)
+
     def forget_rewrite(self, post: str, generation: int) -> None:
         """Drop one generation of ``post``'s rewrites, once it is undone or never landed."""
         with self.transaction() as conn, self._errors("forgetting a rewrite"):

@@ -21,11 +21,11 @@ from mirror.downloader import Outcome
 from mirror.extract import Extractor
 from mirror.manifest import SourceRow
 from mirror.manifest.base import Manifest
-from mirror.models import Post, Span, StoredObject
+from mirror.models import StoredObject
 from mirror.pipeline import RunSummary, post_key
 from mirror.queue.enqueue import targets
 from mirror.rewrite import decode, encode, replace
-from mirror.scan import iter_posts, write_post
+from mirror.scan import iter_posts, write_recorded
 from mirror.source import origin_host
 from mirror.store.base import local_url
 
@@ -41,24 +41,6 @@ def outcome_of(row: SourceRow | None) -> Outcome:
         obj = StoredObject(row.sha256, row.ext, row.size or 0, "")
         return Outcome("mirrored", None, obj, row.format, row.width, row.height)
     return Outcome(row.status, row.reason, attempts=row.attempts, next_attempt=row.next_attempt)
-
-
-async def _write(
-    post: Post, data: bytes, spans: Sequence[Span], manifest: Manifest, durable: bool
-) -> bool:
-    """Record the spans, replace the post; forget the spans when the post changed meanwhile."""
-    generation = await manifest.record_spans(
-        str(post.path),
-        spans,
-        [span.source for span in spans],
-        before_sha256=hashlib.sha256(post.data).hexdigest(),
-        after_sha256=hashlib.sha256(data).hexdigest(),
-    )
-    if write_post(post, data, durable=durable):
-        return True
-    if generation is not None:
-        await manifest.forget_rewrite(str(post.path), generation)
-    return False
 
 
 async def rewrite_posts(
@@ -105,7 +87,7 @@ async def rewrite_posts(
         data = post.data
         if spans:
             data = encode(new_text)
-            if not await _write(post, data, spans, manifest, durable):
+            if not await write_recorded(post, data, spans, manifest, durable=durable):
                 summary.left_alone += 1
                 continue
             summary.rewritten += 1
