@@ -41,19 +41,18 @@ import contextlib
 import hashlib
 import re
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mirror.config import Config, sqlite_manifest
+from mirror.config import Config
 from mirror.downloader import Context, Downloader
 from mirror.errors import ExitStatus, StoreError, UsageError
 from mirror.extract import Extractor
 from mirror.fetch import Fetcher
-from mirror.lock import StoreLock, command_line
-from mirror.manifest import Manifest, ObjectRow, manifest_exists, manifest_name, open_manifest
+from mirror.lock import command_line
+from mirror.manifest import ObjectRow, manifest_exists, manifest_name, open_manifest
 from mirror.manifest import base as seam
-from mirror.manifest.sqlite_async import SyncHostProfiles
 from mirror.marker import mark_store
 from mirror.rewrite import decode
 from mirror.scan import iter_posts
@@ -95,30 +94,6 @@ async def care_manifest(config: Config, *, write: bool) -> AsyncIterator[seam.Ma
             mark_store(Path(config.store.path))
         async with manifest.lock(command_line()):
             yield manifest
-
-
-@contextlib.contextmanager
-def sync_care_manifest(config: Config, *, write: bool) -> Iterator[Manifest]:
-    """
-    :func:`care_manifest` over the synchronous SQLite manifest, for the callers not moved yet.
-
-    Raises:
-        UsageError: the store has no manifest (most likely a wrong ``--store``).
-        LockedError: ``write`` and another mirror holds the store lock.
-    """
-    path = sqlite_manifest(config)
-    if not path.is_file():
-        raise UsageError(f"no manifest at {path}: is --store (store.url) right?")
-    with contextlib.ExitStack() as stack:
-        if write:
-            if config.store.scheme == "file":
-                # A store known by its manifest gets the marker on its next write.
-                mark_store(Path(config.store.path))
-            stack.enter_context(StoreLock(config.home, command_line()))
-            manifest = Manifest(path, durability=config.store.durability)
-        else:
-            manifest = Manifest(path, readonly=True)
-        yield stack.enter_context(manifest)
 
 
 async def object_hash(store: ObjectStore, sha256: str, ext: str) -> str | None:
@@ -257,13 +232,14 @@ async def verify(config: Config, *, repair: bool = False) -> Audit:
         StoreError: an object cannot be read or removed.
         LockedError: ``repair`` and another mirror holds the store lock.
     """
-    with sync_care_manifest(config, write=repair) as manifest:
-        async with open_store(config) as store:
-            return await _verify(config, store, manifest, repair)
+    async with care_manifest(config, write=repair) as manifest, open_store(config) as store:
+        return await _verify(config, store, manifest, repair)
 
 
-async def _verify(config: Config, store: ObjectStore, manifest: Manifest, repair: bool) -> Audit:
-    rows = {row.sha256: row for row in manifest.objects()}
+async def _verify(
+    config: Config, store: ObjectStore, manifest: seam.Manifest, repair: bool
+) -> Audit:
+    rows = {row.sha256: row for row in await manifest.objects()}
     audit = Audit(rows=len(rows))
     found: set[tuple[str, str]] = set()
     reasons: dict[str, str] = {}
@@ -300,7 +276,7 @@ async def _verify(config: Config, store: ObjectStore, manifest: Manifest, repair
     if repair:
         audit.repaired = True
         # Rows first, then objects: no row may name an object that is gone.
-        audit.refetch = manifest.forget_objects(reasons)
+        audit.refetch = await manifest.forget_objects(reasons)
         audit.removed = sum([await store.delete(sha, ext) for sha, ext in corrupt])
         # A post that names an object by hash no longer names its source, so no later run would
         # fetch it: fetch it now, from the sources the manifest knew produced it.
@@ -314,7 +290,7 @@ async def _verify(config: Config, store: ObjectStore, manifest: Manifest, repair
 
 
 async def _refetch(
-    config: Config, store: ObjectStore, manifest: Manifest, damaged: dict[str, ObjectRow]
+    config: Config, store: ObjectStore, manifest: seam.Manifest, damaged: dict[str, ObjectRow]
 ) -> set[str]:
     """
     Fetch each damaged object again from its sources; return the sha256s restored.
@@ -328,12 +304,12 @@ async def _refetch(
     if not wanted:
         return restored
     async with Fetcher(config) as fetcher:
-        downloader = Downloader(config, fetcher, store, SyncHostProfiles(manifest), breaker=False)
+        downloader = Downloader(config, fetcher, store, manifest, breaker=False)
         for sha, row in wanted.items():
             for source in row.sources:
                 outcome = await downloader.download(source, [], Context(), {})
                 if outcome.obj is not None and outcome.obj.sha256 == sha:
-                    manifest.record_results([outcome.result(source, time.time())])
+                    await manifest.record_results([outcome.result(source, time.time())])
                     restored.add(sha)
                     break
     return restored
@@ -434,15 +410,14 @@ async def collect(
     refs = find_references(paths, config)
     if refs.posts == 0:
         raise UsageError("no posts under the given PATHs: refusing to call every object garbage")
-    with sync_care_manifest(config, write=apply) as manifest:
-        async with open_store(config) as store:
-            return await _collect(store, manifest, refs, apply, stray_age)
+    async with care_manifest(config, write=apply) as manifest, open_store(config) as store:
+        return await _collect(store, manifest, refs, apply, stray_age)
 
 
 async def _collect(
-    store: ObjectStore, manifest: Manifest, refs: References, apply: bool, stray_age: float
+    store: ObjectStore, manifest: seam.Manifest, refs: References, apply: bool, stray_age: float
 ) -> Collection:
-    rows = manifest.objects()
+    rows = await manifest.objects()
     needed = set(refs.shas)
     needed.update(row.sha256 for row in rows if row.served or refs.needs(row))
     result = Collection(posts=refs.posts, kept=len(needed & {r.sha256 for r in rows}))
@@ -468,7 +443,7 @@ async def _collect(
         result.applied = True
         doomed = {g.sha256: "collected" for g in result.garbage if g.row}
         # Rows first, then objects: no row may name an object that is gone.
-        result.unmirrored = manifest.forget_objects(doomed)
+        result.unmirrored = await manifest.forget_objects(doomed)
         for g in result.garbage:
             await store.delete(g.sha256, g.ext)
         result.temp_removed = await store.cleanup(older_than=stray_age)

@@ -640,23 +640,6 @@ def load_config(path: Path | None) -> Config:
     return config_from_mapping(data)
 
 
-def sqlite_manifest(config: Config) -> Path:
-    """
-    Return the SQLite manifest file the commands open (:attr:`Config.manifest_file`).
-
-    Raises:
-        ConfigError: ``manifest.url`` is PostgreSQL, which the commands do not open yet.
-    """
-    found = config.manifest_file
-    if found is None:
-        raise ConfigError(
-            "manifest.url",
-            "a PostgreSQL manifest serves only these commands so far: serve, enqueue, "
-            "worker, status, run --workers N",
-        )
-    return found
-
-
 def with_manifest_beside(config: Config, config_file: Path | None) -> Config:
     """
     Give a remote store without ``[manifest] url`` its SQLite file beside the config file.

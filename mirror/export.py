@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mirror.atomic import atomic_copy
-from mirror.audit import find_references, size_text, sync_care_manifest
+from mirror.audit import care_manifest, find_references, size_text
 from mirror.config import Config
 from mirror.errors import ExitStatus, StoreError, UsageError
 from mirror.store import ObjectStore, open_store
@@ -93,8 +93,8 @@ async def export(
         UsageError: the store has no manifest, or ``link`` and its objects are not local files.
         StoreError: a file cannot be written under ``dest``, or the store cannot be read.
     """
-    with sync_care_manifest(config, write=False) as manifest:
-        rows = manifest.objects()
+    async with care_manifest(config, write=False) as manifest:
+        rows = await manifest.objects()
     if paths:
         refs = find_references(paths, config)
         wanted = {(r.sha256, r.ext) for r in rows if any(s in refs.sources for s in r.sources)}

@@ -26,7 +26,6 @@ import html
 import io
 import os
 import re
-import sqlite3
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,10 +35,11 @@ from urllib.parse import quote
 
 from PIL import Image, ImageOps
 
-from mirror.config import Config, sqlite_manifest
-from mirror.errors import ManifestError, StoreError, UsageError
+from mirror.config import Config
+from mirror.errors import StoreError, UsageError
 from mirror.extract import Extractor
-from mirror.manifest import Attempt, Manifest, load_attempts
+from mirror.manifest import manifest_exists, manifest_name, open_manifest
+from mirror.manifest.base import Manifest, ReportSource
 from mirror.rewrite import decode
 from mirror.scan import iter_posts
 from mirror.source import origin_host
@@ -72,20 +72,6 @@ class Scanned:
     objects: Mapping[str, tuple[Place, ...]]
     posts: int
     wrapped: frozenset[str]
-
-
-@dataclass(frozen=True, slots=True)
-class SourceEntry:
-    """The part of a ``sources`` row the page shows."""
-
-    source: str
-    status: str
-    reason: str | None
-    sha256: str | None
-    attempts: tuple[Attempt, ...]
-    failures: int
-    via: str | None = None
-    fetched_from: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +115,7 @@ class Report:
 
     store: str
     generated: str
-    sources: tuple[SourceEntry, ...]
+    sources: tuple[ReportSource, ...]
     objects: int
     object_bytes: int
     gallery: tuple[GalleryItem, ...]
@@ -219,30 +205,12 @@ async def load_report(
     Raises:
         ManifestError: the manifest cannot be read.
     """
-    try:
-        conn = manifest.conn
-        rows = conn.execute(
-            "SELECT source, status, reason, sha256, attempts, failures, via, fetched_from"
-            " FROM sources"
-        ).fetchall()
-        objects, object_bytes = conn.execute(
-            "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM objects"
-        ).fetchone()
-        shown = conn.execute(
-            """SELECT o.sha256, o.ext, o.bytes, o.width, o.height FROM objects o WHERE EXISTS
-            (SELECT 1 FROM sources s WHERE s.sha256 = o.sha256 AND s.status = 'mirrored')
-            ORDER BY o.created, o.sha256"""
-        ).fetchall()
-    except sqlite3.Error as exc:
-        raise ManifestError(f"manifest {manifest.path}: cannot read it: {exc}") from exc
-    entries = []
-    for source, status, reason, sha256, attempts, failures, via, fetched_from in rows:
-        tried = load_attempts(attempts)
-        entries.append(
-            SourceEntry(source, status, reason, sha256, tried, failures, via, fetched_from)
-        )
+    rows = await manifest.report_rows()
+    objects, object_bytes = rows.objects, rows.object_bytes
+    shown = [(g.sha256, g.ext, g.size, g.width, g.height) for g in rows.gallery]
+    entries = rows.sources
     by_object: defaultdict[str, list[str]] = defaultdict(list)
-    found: dict[str, SourceEntry] = {}
+    found: dict[str, ReportSource] = {}
     for entry in entries:
         if entry.status == "mirrored" and entry.sha256 is not None:
             by_object[entry.sha256].append(entry.source)
@@ -279,7 +247,7 @@ async def load_report(
     )
 
 
-def host_rows(sources: Iterable[SourceEntry]) -> list[HostRow]:
+def host_rows(sources: Iterable[ReportSource]) -> list[HostRow]:
     """Count each origin host's sources by outcome; most failures first, then by name."""
     counts: defaultdict[str, Counter[str]] = defaultdict(Counter)
     reasons: defaultdict[str, Counter[str]] = defaultdict(Counter)
@@ -419,7 +387,7 @@ def _gallery(report: Report) -> str:
     )
 
 
-def _attempts(entry: SourceEntry) -> str:
+def _attempts(entry: ReportSource) -> str:
     tried = "".join(
         f'<li title="{_e(a.url)}">{_e(a.source)}: {_e(a.outcome)}'
         + (f' <span class="detail">({_e(a.detail)})</span>' if a.detail else "")
@@ -504,16 +472,16 @@ async def write_report(
         ManifestError: the manifest cannot be read.
         StoreError: ``out`` cannot be written; it is then unchanged.
     """
-    path = sqlite_manifest(config)
-    if not path.is_file():
-        raise UsageError(f"no manifest at {path}: run `mirror fetch` first, or pass --store DIR")
+    if not await manifest_exists(config):
+        raise UsageError(
+            f"no manifest at {manifest_name(config)}: run `mirror fetch` first, or pass --store DIR"
+        )
     scanned = find_places(paths, config, out.parent) if paths else None
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    with Manifest(path, readonly=True) as manifest:
-        async with open_store(config) as store:
-            report = await load_report(
-                manifest, store, gallery=gallery, scanned=scanned, generated=generated
-            )
+    async with open_manifest(config, readonly=True) as manifest, open_store(config) as store:
+        report = await load_report(
+            manifest, store, gallery=gallery, scanned=scanned, generated=generated
+        )
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

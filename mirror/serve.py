@@ -45,7 +45,7 @@ from aiohttp.abc import AbstractResolver
 
 from mirror.bounded import BoundedMap, url_key
 from mirror.catalog import Catalog, Entry
-from mirror.config import Config, sqlite_manifest
+from mirror.config import Config
 from mirror.downloader import Downloader
 from mirror.errors import ConfigError, MirrorError, StoreError
 from mirror.fetch import Fetcher
@@ -466,10 +466,12 @@ async def open_catalog(config: Config, stack: contextlib.AsyncExitStack) -> Cata
     The PostgreSQL manifest is opened for writing, so the first node to start brings the
     schema up (the migration takes an advisory lock; the catalog itself only reads).
     """
-    if config.manifest.scheme == "postgresql":
+    path = config.manifest_file
+    if path is None:
         feed = await stack.enter_async_context(open_manifest(config))
         return Catalog(feed=feed)
-    return Catalog(sqlite_manifest(config))
+    # A SQLite file is read directly: the catalog notices a replaced file by its inode.
+    return Catalog(path)
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:

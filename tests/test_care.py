@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import io
@@ -10,9 +11,10 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -21,9 +23,9 @@ from conftest import object_file, store_object
 from PIL import Image
 
 from mirror.cli import main
+from mirror.config import load_config
 from mirror.errors import ExitStatus
-from mirror.lock import StoreLock
-from mirror.manifest import Manifest, SourceResult, manifest_path
+from mirror.manifest import Manifest, SourceResult, open_manifest
 
 WRAP = "http://proxy.example/?"
 
@@ -102,8 +104,45 @@ class Site:
         digest = sha(image_n(n))
         return self.store / "objects" / digest[:2] / f"{digest}.jpg"
 
-    def manifest(self) -> Manifest:
-        return Manifest(manifest_path(self.store), readonly=True)
+    def manifest(self, *, write: bool = False) -> Reader:
+        """The site's manifest, SQLite or PostgreSQL, read (or written) from a sync test."""
+        return Reader(self.config, write)
+
+
+@contextlib.contextmanager
+def store_locked(site: Site, command: str) -> Iterator[None]:
+    """Hold the site's store lock through the seam (an flock or a PostgreSQL advisory lock)."""
+    loop = asyncio.new_event_loop()
+    stack = contextlib.AsyncExitStack()
+    try:
+        config = load_config(site.config)
+        manifest = loop.run_until_complete(stack.enter_async_context(open_manifest(config)))
+        loop.run_until_complete(stack.enter_async_context(manifest.lock(command)))
+        yield  # the loop sits idle meanwhile; its connection keeps the lock
+    finally:
+        loop.run_until_complete(stack.aclose())
+        loop.close()
+
+
+class Reader:
+    """Each call opens the site's manifest through the seam, awaits one method, and closes."""
+
+    def __init__(self, config: Path, write: bool) -> None:
+        self.config = load_config(config)
+        self.write = write
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            async with open_manifest(self.config, readonly=not self.write) as manifest:
+                return await getattr(manifest, name)(*args, **kwargs)
+
+        return lambda *args, **kwargs: asyncio.run(call(*args, **kwargs))
 
 
 def make_site(tmp_path: Path, origin: Origin, name: str = "site", extra: str = "") -> Site:
@@ -122,9 +161,13 @@ def make_site(tmp_path: Path, origin: Origin, name: str = "site", extra: str = "
     return Site(posts, root / "cache", config, ["--config", str(config)])
 
 
-@pytest.fixture
-def site(tmp_path: Path, origin: Origin) -> Site:
-    return make_site(tmp_path, origin)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def site(request: pytest.FixtureRequest, tmp_path: Path, origin: Origin) -> Site:
+    """A site over each manifest backend: the store's SQLite file, or a PostgreSQL database."""
+    if request.param == "sqlite":
+        return make_site(tmp_path, origin)
+    url = request.getfixturevalue("pg_url")
+    return make_site(tmp_path, origin, extra=f"[manifest]\nurl = '{url}'\n")
 
 
 def out_err(capsys: pytest.CaptureFixture[str]) -> tuple[str, str]:
@@ -306,7 +349,7 @@ def test_writing_commands_take_the_store_lock(
     site.path(2).unlink()  # something for --repair to do; gc OTHER would collect object 1
     places = {"POSTS": str(site.posts), "OTHER": str(other)}
     capsys.readouterr()
-    with StoreLock(site.store, "mirror run (another one)"):
+    with store_locked(site, "mirror run (another one)"):
         assert ExitStatus.FAILED == main([*(places.get(a, a) for a in command), *site.opts])
     assert "locked by another mirror" in capsys.readouterr().err
     assert rewritten == (site.posts / "a.md").read_bytes()
@@ -379,7 +422,7 @@ def test_gc_keeps_served_objects_and_collects_old_strays(
     site.write("a.md", 1)
     assert ExitStatus.OK == main(["fetch", *site.opts, str(site.posts)])
     served = store_object(site.store, image_n(5), "jpg")
-    with Manifest(manifest_path(site.store)) as manifest:
+    with site.manifest(write=True) as manifest:
         result = SourceResult(
             "http://open.example/5.jpg", "mirrored", sha256=served, ext="jpg", size=1
         )
@@ -752,7 +795,7 @@ def test_revert_finds_an_older_journal_keyed_by_the_path_as_typed(
     assert ExitStatus.OK == main(["rewrite", "--revert", *site.opts, "../site/posts"])
     assert "reverted 2 references in 1 post" in capsys.readouterr().err
     assert original == (site.posts / "a.md").read_bytes()
-    with Manifest(manifest_path(site.store), readonly=True) as manifest:
+    with site.manifest() as manifest:
         assert 1 == len(manifest.spans_for("site/posts/a.md"))  # the twin's, kept for it
     assert ExitStatus.OK == main(["rewrite", "--revert", *site.opts, str(twin)])
     assert original.replace(b"'a.md'", b"'twin'") == twin.read_bytes()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import html
@@ -20,8 +21,9 @@ from conftest import make_image, object_file, store_object
 from PIL import Image
 
 from mirror.cli import main
+from mirror.config import Config, ManifestConfig, StoreConfig
 from mirror.errors import ExitStatus
-from mirror.manifest import Attempt, Manifest, SourceResult, manifest_path
+from mirror.manifest import Attempt, Manifest, SourceResult, manifest_path, open_manifest
 from mirror.report import thumbnail
 
 W = "https://cors.zfour.workers.dev/?"
@@ -60,7 +62,12 @@ def _failed(source: str, reason: str, status: str = "failed") -> SourceResult:
     return SourceResult(source, status, reason=reason, attempts=attempts)
 
 
-def make_blog(tmp_path: Path, images: int = 3) -> Blog:
+async def _record(config: Config, rows: list[SourceResult]) -> None:
+    async with open_manifest(config) as manifest:
+        await manifest.record_results(rows)
+
+
+def make_blog(tmp_path: Path, images: int = 3, manifest_url: str = "") -> Blog:
     """Mirrored images on two hosts, failures on three, posts naming them at known lines."""
     root = tmp_path / "cache"
     mirrored = [
@@ -81,8 +88,8 @@ def make_blog(tmp_path: Path, images: int = 3) -> Blog:
         _failed(HOSTILE, HOSTILE_REASON),
         SourceResult(_src("later.example", "f.jpg"), "skipped", reason="http-503"),
     ]
-    with Manifest(manifest_path(root)) as manifest:
-        manifest.record_results([*mirrored, *failures])
+    config = Config(store=StoreConfig(url=str(root)), manifest=ManifestConfig(url=manifest_url))
+    asyncio.run(_record(config, [*mirrored, *failures]))
     posts = tmp_path / "blog" / "source" / "_posts"
     (posts / "sub dir").mkdir(parents=True)
     first = [f"![m]({W}{r.source})" for r in mirrored]
@@ -367,6 +374,22 @@ def test_report_in_headless_chromium(
     with Image.open(io.BytesIO(browser.get_screenshot_as_png())) as shot:
         # More than one colour: not a blank page (getcolors returns None past maxcolors).
         assert shot.convert("RGB").getcolors(maxcolors=1) is None
+
+
+def test_report_reads_the_same_page_from_postgresql(tmp_path: Path, pg_url: str) -> None:
+    """The same rows in either backend make the same page (report_rows, no SQL of its own)."""
+    pages = []
+    for name, url in (("sqlite", ""), ("postgresql", pg_url)):
+        blog = make_blog(tmp_path / name, manifest_url=url)
+        config = tmp_path / name / "config.toml"
+        manifest = f"[manifest]\nurl = '{url}'\n" if url else ""
+        config.write_text(f"[store]\nurl = '{blog.store}'\n{manifest}", encoding="utf-8")
+        argv = ["report", "--html", str(blog.html), "--config", str(config), str(blog.posts)]
+        assert ExitStatus.OK == main(argv)
+        page = blog.html.read_text(encoding="utf-8").replace(str(tmp_path / name), "ROOT")
+        pages.append(re.sub(r"generated [0-9: -]+UTC", "generated NOW", page))
+    assert (3, 5, 3) == tuple(total(pages[1], n) for n in ("mirrored", "failed", "objects"))
+    assert pages[0] == pages[1]
 
 
 def test_report_shows_via_fetched_from_and_details(tmp_path: Path) -> None:

@@ -74,6 +74,8 @@ class ReportSource:
     sha256: str | None
     attempts: tuple[Attempt, ...]
     failures: int
+    via: str | None = None
+    fetched_from: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

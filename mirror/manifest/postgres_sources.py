@@ -164,7 +164,8 @@ class SourcesMixin(Base):
         async with self._read("reading the report", snapshot=True) as conn:
             found = await self._all(
                 conn,
-                "SELECT source, status, reason, sha256, attempts::text, failures FROM sources",
+                "SELECT source, status, reason, sha256, attempts::text, failures, via,"
+                " fetched_from FROM sources",
             )
             totals = await self._all(conn, "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM objects")
             shown = await self._all(
@@ -174,8 +175,10 @@ class SourcesMixin(Base):
                 AND s.status = 'mirrored') ORDER BY o.created, o.sha256""",
             )
         sources = tuple(
-            ReportSource(src, status, reason, sha, rules.load_attempts(tried), int(failures))
-            for src, status, reason, sha, tried, failures in found
+            ReportSource(
+                src, status, reason, sha, rules.load_attempts(tried), int(failures), via, fetched
+            )
+            for src, status, reason, sha, tried, failures, via, fetched in found
         )
         gallery = tuple(GalleryObject(sha, ext, int(size), w, h) for sha, ext, size, w, h in shown)
         return ReportRows(sources, int(totals[0][0]), int(totals[0][1]), gallery)

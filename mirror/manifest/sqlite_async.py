@@ -359,23 +359,3 @@ class SQLiteManifest:
     def lock(self, command: str) -> AbstractAsyncContextManager[None]:
         """Return the ``flock`` on ``mirror.lock`` beside the file, as the commands take today."""
         return self._store_lock(command)
-
-
-class SyncHostProfiles:
-    """
-    The async host-profile calls of a synchronous :class:`Manifest`, for the Downloader.
-
-    Only for the command that still holds the synchronous manifest (``verify --repair``); it
-    goes when that takes the async one.
-    """
-
-    def __init__(self, manifest: Manifest) -> None:
-        self.manifest = manifest
-
-    async def host_profile(self, host: str) -> str | None:
-        """Return the request profile that last worked for ``host``, or None."""
-        return self.manifest.host_profile(host)
-
-    async def record_host_profile(self, host: str, profile: str | None) -> None:
-        """Remember which request profile worked for ``host``."""
-        self.manifest.record_host_profile(host, profile)

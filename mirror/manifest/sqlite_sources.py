@@ -145,10 +145,13 @@ class SourcesMixin(Base):
     def report_rows(self) -> ReportRows:
         """Return what ``mirror report`` shows, from one snapshot."""
         with self._snapshot("reading the report") as conn:
-            sql = "SELECT source, status, reason, sha256, attempts, failures FROM sources"
+            sql = (
+                "SELECT source, status, reason, sha256, attempts, failures, via, fetched_from"
+                " FROM sources"
+            )
             sources = tuple(
-                ReportSource(source, status, reason, sha, load_attempts(tried), failures)
-                for source, status, reason, sha, tried, failures in conn.execute(sql)
+                ReportSource(source, status, reason, sha, load_attempts(tried), failures, *where)
+                for source, status, reason, sha, tried, failures, *where in conn.execute(sql)
             )
             sql = "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM objects"
             count, total = conn.execute(sql).fetchone()
