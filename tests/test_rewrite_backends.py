@@ -77,12 +77,12 @@ def test_rewrite_from_the_manifest_then_revert_byte_for_byte(
     posts.mkdir()
     post = posts / "a.md"
     post.write_text(POST, encoding="utf-8")
-    assert ExitStatus.OK == main(["rewrite", "-q", "--config", str(conf), str(posts)])
+    assert ExitStatus.OK == main(["rewrite", "--config", str(conf), str(posts)])
     text = post.read_text(encoding="utf-8")
     assert f"/mirror/{SHA[:2]}/{SHA}.jpeg" in text
     assert PROXY + SOURCE not in text
     assert PROXY + GONE in text  # a failed source stays as it was
-    assert ExitStatus.OK == main(["rewrite", "--revert", "-q", "--config", str(conf), str(posts)])
+    assert ExitStatus.OK == main(["rewrite", "--revert", "--config", str(conf), str(posts)])
     assert POST == post.read_text(encoding="utf-8")
 
 
@@ -94,7 +94,7 @@ def test_rewrite_with_no_manifest_yet_names_it(
     posts = tmp_path / "posts"
     posts.mkdir()
     (posts / "a.md").write_text(POST, encoding="utf-8")
-    assert ExitStatus.USAGE == main(["rewrite", "-q", "--config", str(conf), str(posts)])
+    assert ExitStatus.USAGE == main(["rewrite", "--config", str(conf), str(posts)])
     err = capsys.readouterr().err
     assert "no manifest at" in err
     assert manifest_url.removeprefix("sqlite://").split("@")[-1] in err
@@ -112,7 +112,7 @@ async def test_a_second_rewrite_is_refused_while_another_holds_the_lock(
     posts.mkdir()
     (posts / "a.md").write_text(POST, encoding="utf-8")
     async with open_manifest(config) as manifest, manifest.lock("mirror run (the other one)"):
-        argv = ["rewrite", "-q", "--config", str(conf), str(posts)]
+        argv = ["rewrite", "--config", str(conf), str(posts)]
         status = await asyncio.to_thread(main, argv)
     assert LockedError.exit_status == status
     assert "mirror run (the other one)" in capsys.readouterr().err
