@@ -459,10 +459,12 @@ class QueueConfig:
     The fetch queue of ``mirror enqueue`` / ``mirror worker`` / ``mirror run --workers``.
 
     It lives in the PostgreSQL database ``[manifest] url`` names (procrastinate's tables).
-    ``concurrency`` 0 means ``fetch.jobs`` sources at once per worker.
+    ``concurrency`` 0 means ``fetch.jobs`` sources at once per worker; ``batch`` is how many
+    sources of one origin host a task holds at most.
     """
 
     concurrency: int = 0
+    batch: int = 25
     heartbeat: float = 10.0
     stalled_after: float = 30.0
     retries: int = 5
@@ -474,6 +476,7 @@ class QueueConfig:
         for name in ("heartbeat", "stalled_after", "host_down_for", "poll_interval"):
             _positive(f"queue.{name}", getattr(self, name))
         _need("queue.retries", self.retries >= 0, "must not be negative")
+        _need("queue.batch", 1 <= self.batch <= 1000, "must be 1 to 1000")
         # A live worker must never look stalled between two of its heartbeats.
         ok = self.stalled_after >= 2 * self.heartbeat
         _need("queue.stalled_after", ok, "must be at least twice queue.heartbeat")

@@ -36,6 +36,7 @@ from PIL import Image
 from mirror.config import Config, load_config
 from mirror.manifest import open_manifest
 from mirror.store import open_store
+from tests.test_queue import DOING
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 PROXY = "https://cors.zfour.workers.dev/?"
@@ -201,9 +202,7 @@ async def end_state(config: Config) -> tuple[dict[str, tuple[Any, ...]], set[str
 async def running_tasks(pg_url: str) -> set[str]:
     """The sources of the queue's running tasks, as origin keys (host + path)."""
     async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
-        found = await conn.execute(
-            "SELECT args->>'source' FROM procrastinate_jobs WHERE status = 'doing'"
-        )
+        found = await conn.execute(DOING)
         return {str(source).removeprefix("http://") for (source,) in await found.fetchall()}
 
 

@@ -28,6 +28,12 @@ from mirror.queue.worker import open_queue, run_worker
 PROXY = "https://cors.zfour.workers.dev/?"
 # Polls of the queue's count before a drain wait gives up: a bound, not a timing.
 POLLS = 600
+# The sources in tasks a worker holds (a task is a batch of one host's sources).
+DOING = (
+    "SELECT item->>'source' FROM procrastinate_jobs j, jsonb_array_elements(j.args->'sources')"
+    " AS item WHERE j.status = 'doing'"
+)
+DOING_COUNT = f"SELECT count(*) FROM ({DOING}) AS doing"
 
 
 def queue_config(base: Config, pg_url: str, tmp_path: Path, **queue: Any) -> Config:
@@ -162,3 +168,138 @@ async def test_the_breaker_is_shared_by_every_worker(
         found = conn.execute("SELECT failures, down_until FROM queue_hosts").fetchall()
     assert [3] == [f[0] for f in found]
     assert found[0][1] is not None
+
+
+async def until_count(pg_url: str, query: str, wanted: int, workers: list[Any]) -> None:
+    """Poll ``query`` until it counts ``wanted`` (bounded by POLLS; a worker that ended fails)."""
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+        for _ in range(POLLS):
+            row = await (await conn.execute(query)).fetchone()  # type: ignore[arg-type]
+            if row is not None and row[0] == wanted:
+                return
+            assert not any(w.done() for w in workers), [w.result() for w in workers if w.done()]
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"never {wanted}: {query}")
+
+
+async def test_a_source_queued_twice_is_fetched_once_while_its_claim_is_held(
+    pg_url: str, tmp_path: Path, upstream: Any
+) -> None:
+    """
+    A source in two tasks at once (its queue_sources row lost, so a second enqueue queued it
+    again): the second worker waits for the first one's claim, then finds it recorded.
+    """
+    config = queue_config(upstream.config(sources=("origin",)), pg_url, tmp_path)
+    url = upstream.url("/stall?seconds=60")
+    posts = write_posts(tmp_path / "posts", [url])
+    app = await open_queue(config)
+    async with app.open_async(), open_manifest(config) as manifest:
+        first = await enqueue(config, [posts], app, manifest)
+        async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+            await conn.execute("DELETE FROM queue_sources")
+        second = await enqueue(config, [posts], app, manifest)
+    assert (1, 1) == (first.queued, second.queued)
+    stop = asyncio.Event()
+    workers = [asyncio.create_task(run_worker(config, 1, stop=stop))]
+    try:
+        await until_count(pg_url, DOING_COUNT, 1, workers)
+        for _ in range(POLLS):  # the first worker is at the origin, holding the claim
+            if upstream.hits["/stall?seconds=60"]:
+                break
+            await asyncio.sleep(0.05)
+        workers.append(asyncio.create_task(run_worker(config, 1, stop=stop)))
+        await until_count(pg_url, DOING_COUNT, 2, workers)
+        upstream.release.set()
+        await drain(pg_url, workers)
+    finally:
+        upstream.release.set()
+        stop.set()
+    outcomes = await asyncio.gather(*workers)
+    assert [Counter({"mirrored": 1}), Counter({"already": 1})] == outcomes
+    assert 1 == upstream.hits["/stall?seconds=60"]
+    assert {url: ("mirrored", None)} == rows(pg_url)
+
+
+async def test_a_task_taken_from_a_live_worker_does_not_fetch_twice(
+    pg_url: str, tmp_path: Path, upstream: Any
+) -> None:
+    """
+    A live worker whose heartbeat looks stale has its running task queued again (procrastinate
+    cannot tell it from a dead one); the claim, held by its session, keeps the second worker
+    from fetching the source beside it.
+    """
+    from mirror.queue.worker import reap
+
+    config = queue_config(upstream.config(sources=("origin",)), pg_url, tmp_path)
+    url = upstream.url("/stall?seconds=60")
+    await queue_sources(config, write_posts(tmp_path / "posts", [url]))
+    stop = asyncio.Event()
+    workers = [asyncio.create_task(run_worker(config, 1, stop=stop))]
+    try:
+        await until_count(pg_url, DOING_COUNT, 1, workers)
+        for _ in range(POLLS):
+            if upstream.hits["/stall?seconds=60"]:
+                break
+            await asyncio.sleep(0.05)
+        # As if its heartbeat were late: every worker counts as silent.
+        app = await open_queue(config)
+        async with app.open_async():
+            # Bounded: a heartbeat is never younger than a millisecond for long.
+            for _ in range(POLLS):
+                if await reap(app, 0.001):
+                    break
+            else:
+                raise AssertionError("the running task was never queued again")
+        workers.append(asyncio.create_task(run_worker(config, 1, stop=stop)))
+        await until_count(pg_url, DOING_COUNT, 1, workers)  # taken again, by the second
+        upstream.release.set()
+        await until_count(pg_url, "SELECT count(*) FROM sources", 1, workers)
+        await drain(pg_url, workers)
+    finally:
+        upstream.release.set()
+        stop.set()
+    outcomes = await asyncio.gather(*workers)
+    assert 1 == upstream.hits["/stall?seconds=60"]
+    assert Counter({"mirrored": 1, "already": 1}) == outcomes[0] + outcomes[1]
+    assert {url: ("mirrored", None)} == rows(pg_url)
+
+
+async def test_a_busy_worker_keeps_a_healthy_hosts_slots_between_requests(
+    pg_url: str, tmp_path: Path, make_config: Any
+) -> None:
+    """
+    Ten requests to one host through per_host = 2 take two slots from the database, not ten;
+    both go back when the last request ends, and another worker can take them then.
+    """
+    from mirror.queue.hosts import HostSlots
+
+    config = queue_config(make_config(per_host=2), pg_url, tmp_path)
+    await open_queue(config)  # the schema
+    gate = asyncio.Event()
+    inside = 0
+
+    async def request(slots: HostSlots) -> None:
+        nonlocal inside
+        async with slots.slot("busy.example"):
+            inside += 1
+            await gate.wait()
+
+    async with HostSlots(pg_url, config) as mine, HostSlots(pg_url, config) as theirs:
+        tasks = [asyncio.create_task(request(mine)) for _ in range(10)]
+        for _ in range(POLLS):
+            if inside == 2:
+                break
+            await asyncio.sleep(0.01)
+        gate.set()
+        await asyncio.gather(*tasks)
+        assert (10, 2) == (inside, mine.taken)
+        # Given back: a second worker takes both at once (a held slot would make it wait).
+        gate.clear()
+        others = [asyncio.create_task(request(theirs)) for _ in range(2)]
+        for _ in range(POLLS):
+            if inside == 12:
+                break
+            await asyncio.sleep(0.01)
+        gate.set()
+        await asyncio.gather(*others)
+        assert (2, 0) == (theirs.taken, theirs.waits)

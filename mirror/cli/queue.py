@@ -3,11 +3,12 @@ The queue's commands: ``mirror enqueue``, ``mirror worker``, ``mirror status`` a
 ``mirror run --workers N``, registered on the parser by :func:`add_commands`.
 
 ``run --workers N`` on one machine: it needs a ``postgresql://`` manifest (the queue lives
-there; exit 2 otherwise), queues the posts' sources, starts N ``mirror worker`` processes with
-this run's checked config (in the environment, as ``serve --workers`` hands it on), waits until
-the queue has drained, stops them by pid (SIGTERM, then SIGKILL past ``STOP_SECONDS``) and
-rewrites the posts from the manifest as ``mirror run`` does. A worker that dies is not
-replaced: its tasks are queued again for the others once its heartbeat is stale.
+there; exit 2 otherwise), starts N ``mirror worker`` processes with this run's checked config
+(in the environment, as ``serve --workers`` hands it on), queues the posts' sources, waits
+until the queue has drained (woken by each task that ends), stops them by pid (SIGTERM, then
+SIGKILL past ``STOP_SECONDS``) and rewrites the posts from the manifest as ``mirror run`` does.
+A worker that dies is not replaced: its tasks are queued again for the others once its
+heartbeat is stale.
 """
 
 from __future__ import annotations
@@ -191,16 +192,20 @@ async def _wait_drained(config: Config, workers: Sequence[subprocess.Popen[bytes
     import psycopg
 
     from mirror.manifest.postgres import redact
+    from mirror.queue.schema import TASK_CHANNEL
     from mirror.queue.status import pending
 
     url = config.manifest.url
     try:
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            await conn.execute(f"LISTEN {TASK_CHANNEL}")
             # Bounded by the queue: it drains, or every worker died (then the run says so).
             while await pending(conn) > 0:
                 if all(proc.poll() is not None for proc in workers):
                     raise QueueError("every worker stopped before the queue drained")
-                await asyncio.sleep(config.queue.poll_interval)
+                # Woken by the next task that ends, else looks again after poll_interval.
+                async for _ in conn.notifies(timeout=config.queue.poll_interval, stop_after=1):
+                    pass
     except psycopg.Error as exc:
         raise QueueError(f"queue {redact(url)}: {redact(str(exc).strip())}") from exc
 
@@ -218,10 +223,14 @@ def run_with_workers(args: argparse.Namespace, config: Config) -> ExitStatus:
     paths = [p.absolute() for p in args.paths]
     # SIGTERM ends the run through its finally blocks, so the workers are stopped by pid.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(ExitStatus.INTERRUPTED))
-    asyncio.run(_enqueue(config, paths))
+    # The workers start first: their start-up overlaps the scan and the queueing.
     with local_workers(config, args.workers) as workers:
+        asyncio.run(_enqueue(config, paths))
         asyncio.run(_wait_drained(config, workers))
-    summary = asyncio.run(_rewrite(config, paths))
+        # Asked to stop now, waited for after the rewrite: their shutdown overlaps it.
+        for proc in workers:
+            proc.terminate()
+        summary = asyncio.run(_rewrite(config, paths))
     if not args.quiet:
         print(
             f"mirror: {summary.posts} posts, {summary.rewritten} rewritten, "

@@ -1,11 +1,13 @@
 """
-The procrastinate app of the fetch queue: one task, ``mirror.fetch``, one job per source.
+The procrastinate app of the fetch queue: one task, ``mirror.fetch``, one job per batch.
 
-A job's payload (:class:`Payload`) is the source and what the downloader reads from the posts
-that name it: the declared size, the wrapper the post writes, the element's alternates and the
-post's date. Jobs are idempotent by source: the queueing lock is the source URL (enqueueing a
-source already waiting queues nothing), and so is the lock (two jobs of one source never run at
-once). A worker only fetches what the manifest does not hold already.
+A job is a :class:`Batch`: up to ``queue.batch`` sources of one origin host, each with its
+:class:`Payload` (the declared size, the wrapper the post writes, the element's alternates and
+the post's date: what the downloader reads from the posts). One job per source cost about a
+dozen database round trips per image (fetching and finishing the job, its lock, its result);
+a batch shares them. Jobs are idempotent by source: enqueue skips a source whose job still
+waits or runs (``queue_sources``), a worker fetches only under the source's claim
+(:mod:`mirror.queue.claims`, so one worker at a time) and only what the manifest does not hold.
 """
 
 from __future__ import annotations
@@ -142,11 +144,32 @@ class Payload:
         return Context(self.alternates, self.date)
 
 
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What a job carries: some sources of one origin host."""
+
+    host: str
+    payloads: tuple[Payload, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the job's task kwargs."""
+        return {"host": self.host, "sources": [p.to_json() for p in self.payloads]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Batch:
+        """Rebuild a batch from a job's task kwargs (a job of one source, as queued before)."""
+        if "sources" not in data:
+            payload = Payload.from_json(data)
+            return cls(payload.host, (payload,))
+        payloads = tuple(Payload.from_json(p) for p in data["sources"])
+        return cls(str(data.get("host") or payloads[0].host), payloads)
+
+
 class Runner(Protocol):
     """What a worker puts in the job context for the task to call."""
 
-    async def fetch(self, payload: Payload) -> str:
-        """Fetch one source; return its status."""
+    async def fetch(self, batch: Batch, job: int) -> None:
+        """Fetch the sources of ``batch`` (job ``job``) that need it; record each."""
         ...
 
 
@@ -188,9 +211,10 @@ class Retry(procrastinate.BaseRetryStrategy):
         return None
 
 
-async def _fetch(context: procrastinate.JobContext, /, **kwargs: Any) -> str:
+async def _fetch(context: procrastinate.JobContext, /, **kwargs: Any) -> None:
     runner: Runner = context.additional_context[RUNNER]
-    return await runner.fetch(Payload.from_json(kwargs))
+    assert context.job.id is not None  # a job a worker fetched has its id
+    await runner.fetch(Batch.from_json(kwargs), context.job.id)
 
 
 def build_app(config: Config, *, pool_size: int = 4) -> procrastinate.App:

@@ -1,5 +1,6 @@
 """
-``mirror enqueue``: scan the posts where they live and queue one task per source to fetch.
+``mirror enqueue``: scan the posts where they live and queue the sources to fetch, in tasks of
+up to ``queue.batch`` sources of one origin host.
 
 A source is queued when the manifest has no row for it, or a failure of it is due again; one
 already mirrored, in backoff, or waiting or running in the queue is not. What the pipeline
@@ -20,6 +21,7 @@ from typing import Any
 
 import procrastinate
 import procrastinate.jobs
+import psycopg
 from procrastinate import exceptions as queue_errors
 
 from mirror.config import Config
@@ -28,20 +30,20 @@ from mirror.extract import Extractor, post_date
 from mirror.manifest.base import Manifest
 from mirror.manifest.postgres import redact
 from mirror.models import ImageRef
-from mirror.queue.app import QUEUE, TASK, Payload
+from mirror.queue.app import QUEUE, TASK, Batch, Payload
 from mirror.rewrite import decode
 from mirror.scan import iter_posts
 
-# Payloads deferred in one statement.
+# Sources queued in one transaction, about.
 BATCH = 500
 # Sources remembered as handled in this enqueue; older ones are asked about again (cheaply).
 RECENT = 65536
-# A lock is a btree key: a longer source URL is locked by its hash.
+# The key is a btree key: a longer source URL is keyed by its hash.
 LOCK_CHARS = 1000
 
 
 def lock_for(source: str) -> str:
-    """Return the job lock (and queueing lock) of ``source``: the URL, or its hash when long."""
+    """Return the ``queue_sources`` key of ``source``: the URL, or its hash when long."""
     if len(source) <= LOCK_CHARS:
         return source
     return "sha256:" + hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
@@ -83,63 +85,101 @@ def targets(refs: Sequence[ImageRef], config: Config) -> dict[str, list[ImageRef
     return found
 
 
-class Enqueuer:
-    """Queues payloads in batches, skipping sources already waiting or running."""
+_QUEUED = """
+SELECT q.lock FROM queue_sources q JOIN procrastinate_jobs j ON j.id = q.job
+ WHERE q.lock = ANY(%(locks)s) AND j.status IN ('todo', 'doing')
+"""
+_RECORD = """
+INSERT INTO queue_sources (lock, job) SELECT * FROM unnest(%(locks)s::text[], %(jobs)s::bigint[])
+    ON CONFLICT (lock) DO UPDATE SET job = EXCLUDED.job
+"""
 
-    def __init__(self, app: procrastinate.App, summary: EnqueueSummary) -> None:
+
+class Enqueuer:
+    """
+    Queues payloads in batches of one host's sources, skipping sources already waiting or
+    running. A host's batch is sent when it is full (``queue.batch``) and :data:`BATCH` sources
+    are ready, or when :data:`BATCH` x 10 wait in partial batches, and at the end.
+    """
+
+    def __init__(self, app: procrastinate.App, summary: EnqueueSummary, size: int) -> None:
         self.app = app
         self.summary = summary
-        self.pending: list[Payload] = []
+        self.size = size
+        self.partial: dict[str, list[Payload]] = {}
+        self.waiting = 0
+        self.full: list[Batch] = []
 
     async def add(self, payload: Payload) -> None:
-        """Queue ``payload`` with the next batch."""
-        self.pending.append(payload)
-        if len(self.pending) >= BATCH:
+        """Queue ``payload`` with its host's next batch."""
+        group = self.partial.setdefault(payload.host, [])
+        group.append(payload)
+        self.waiting += 1
+        if len(group) >= self.size:
+            self.full.append(Batch(payload.host, tuple(self.partial.pop(payload.host))))
+        if len(self.full) * self.size >= BATCH:
+            batches, self.full = self.full, []
+            await self._send(batches)
+        elif self.waiting >= 10 * BATCH:
             await self.flush()
 
     async def flush(self) -> None:
-        """Defer the pending batch: one query for what is in the queue, one insert."""
-        batch, self.pending = self.pending, []
-        if not batch:
+        """Send every batch, full or not."""
+        batches = self.full + [Batch(h, tuple(g)) for h, g in self.partial.items()]
+        self.full, self.partial = [], {}
+        await self._send(batches)
+
+    async def _send(self, batches: list[Batch]) -> None:
+        """
+        Queue ``batches`` less the sources whose task still waits or runs, in one transaction:
+        one query for those, one insert of the jobs, one of their sources.
+        """
+        self.waiting -= sum(len(b.payloads) for b in batches)
+        locks = [lock_for(p.source) for b in batches for p in b.payloads]
+        if not locks:
             return
         connector = self.app.connector
+        assert isinstance(connector, procrastinate.PsycopgConnector)  # build_app's
         try:
-            rows = await connector.execute_query_all_async(
-                query="SELECT lock FROM procrastinate_jobs WHERE queue_name = %(queue)s "
-                "AND status IN ('todo', 'doing') AND lock = ANY(%(locks)s)",
-                queue=QUEUE,
-                locks=[lock_for(p.source) for p in batch],
-            )
-            queued = {row["lock"] for row in rows}
-            fresh = [p for p in batch if lock_for(p.source) not in queued]
-            self.summary.in_queue += len(batch) - len(fresh)
-            try:
-                await self.app.job_manager.batch_defer_jobs_async([_job(p) for p in fresh])
-                done = fresh
-            except queue_errors.AlreadyEnqueued:
-                # Another enqueue queued one of them since: one at a time, skipping those.
-                done = []
-                for payload in fresh:
-                    try:
-                        await self.app.job_manager.defer_job_async(_job(payload))
-                        done.append(payload)
-                    except queue_errors.AlreadyEnqueued:
-                        self.summary.in_queue += 1
-        except queue_errors.ConnectorException as exc:
+            async with connector.pool.connection() as conn, conn.transaction():
+                cursor = await conn.execute(_QUEUED, {"locks": locks})
+                queued = {row[0] for row in await cursor.fetchall()}
+                fresh = [
+                    Batch(b.host, kept)
+                    for b in batches
+                    if (kept := tuple(p for p in b.payloads if lock_for(p.source) not in queued))
+                ]
+                self.summary.in_queue += len(queued)
+                jobs = (
+                    await self.app.job_manager.batch_defer_jobs_async(
+                        [_job(b) for b in fresh], connection=conn
+                    )
+                    if fresh
+                    else []
+                )
+                pairs = [
+                    (lock_for(p.source), j.id)
+                    for b, j in zip(fresh, jobs, strict=True)
+                    for p in b.payloads
+                ]
+                await conn.execute(
+                    _RECORD, {"locks": [k for k, _ in pairs], "jobs": [j for _, j in pairs]}
+                )
+        except (queue_errors.ConnectorException, psycopg.Error) as exc:
             raise QueueError(f"cannot queue sources: {redact(str(exc))}") from exc
-        self.summary.queued += len(done)
-        self.summary.hosts.update(p.host for p in done)
+        self.summary.queued += len(pairs)
+        self.summary.hosts.update(p.host for b in fresh for p in b.payloads)
 
 
-def _job(payload: Payload) -> procrastinate.jobs.Job:
-    lock = lock_for(payload.source)
+def _job(batch: Batch) -> procrastinate.jobs.Job:
+    # No procrastinate lock: the sources' claims (mirror.queue.claims) keep one worker at a time.
     return procrastinate.jobs.Job(
         id=None,
         queue=QUEUE,
-        lock=lock,
-        queueing_lock=lock,
+        lock=None,
+        queueing_lock=None,
         task_name=TASK,
-        task_kwargs=payload.to_json(),
+        task_kwargs=batch.to_json(),
     )
 
 
@@ -166,7 +206,7 @@ async def enqueue(
     """
     summary = EnqueueSummary()
     extractor = Extractor(config.scan)
-    queue = Enqueuer(app, summary)
+    queue = Enqueuer(app, summary, config.queue.batch)
     seen: OrderedDict[str, None] = OrderedDict()
     now = clock()
     for post in iter_posts(paths, config.scan):

@@ -22,7 +22,9 @@ import contextlib
 import hashlib
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any, Self
 
 import psycopg
@@ -78,6 +80,18 @@ class HostSlots:
         self._down: dict[str, float] = {}
         # The slots this worker holds, by host (its session could take them again).
         self._held: dict[str, set[int]] = {}
+        # At most per_host of this worker's requests ask for a host's slots at once: the rest
+        # wait here, not in a round trip each time a slot is given back.
+        self._local: dict[str, asyncio.Semaphore] = {}
+        # This worker's requests wanting or holding a slot of the host now.
+        self._wanting: Counter[str] = Counter()
+        # Slots kept between two requests of a busy, healthy host (held, not in use).
+        self._kept: dict[str, list[int]] = {}
+        # Hosts in a failure streak, as last heard: their slots go back after every request.
+        self._failing: set[str] = set()
+        # Outcomes not yet counted, sent in groups by one task at a time.
+        self._reports: list[tuple[str, str]] = []
+        self._reporter: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Self:
         try:
@@ -91,15 +105,17 @@ class HostSlots:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+        # Outcomes not counted yet are dropped: the breaker only misses some answers.
+        for task in (self._reporter, self._listener):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for conn in (self._conn, self._listen):
             if conn is not None:
                 # Closing the session gives back every slot it still holds.
                 await conn.close()
-        self._conn = self._listen = self._listener = None
+        self._conn = self._listen = self._listener = self._reporter = None
 
     async def _run_listener(self) -> None:
         assert self._listen is not None
@@ -131,7 +147,7 @@ class HostSlots:
         """Return until when the shared breaker has ``host`` down, as last heard (or None)."""
         return self._down.get(host)
 
-    async def _call(self, query: str, args: Callable[[], tuple[Any, ...]]) -> tuple[Any, ...]:
+    async def _call(self, query: str, args: Callable[[], tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         # ``args`` is built under the lock: the held slots it names must be current.
         async with self._lock:
             try:
@@ -139,20 +155,24 @@ class HostSlots:
                     # A broken slot connection took its slots with it; start a new session.
                     self._conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
                     self._held.clear()
-                row = await (await self._conn.execute(query, args())).fetchone()
+                    self._kept.clear()
+                rows = await (await self._conn.execute(query, args())).fetchall()
             except psycopg.Error as exc:
                 if self._conn is not None and self._conn.broken:
                     await self._conn.close()
                 raise QueueError(f"queue {self._name}: {redact(str(exc).strip())}") from exc
-        assert row is not None
-        return tuple(row)
+        return [tuple(row) for row in rows]
 
     async def _take(self, host: str) -> int:
         key = host_key(host)
         # Bounded by the task: a worker stopping cancels it; a host busy elsewhere is waited for.
         while True:
+            kept = self._kept.get(host)
+            if kept:
+                # Given up by a request of this worker that wanted no round trip.
+                return kept.pop()
             event = self._events.setdefault(host, asyncio.Event())
-            slot, down = await self._call(
+            ((slot, down),) = await self._call(
                 "SELECT o_slot, o_down FROM queue_take_slot(%s, %s, %s, %s, %s)",
                 lambda: (key, self.per_host, host, self.clock(), sorted(self._held.get(host, ()))),
             )
@@ -171,23 +191,18 @@ class HostSlots:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), self.poll)
 
-    async def _give(self, host: str, slot: int, outcome: str) -> None:
+    def _heard(self, rows: list[tuple[Any, ...]]) -> None:
+        """Take in the breaker rows a call returned: who is failing, who is down till when."""
         now = self.clock()
-        try:
-            (down,) = await self._call(
-                "SELECT queue_give_slot(%s, %s, %s, %s, %s, %s, %s)",
-                lambda: (host_key(host), slot, host, outcome, self.threshold, self.down_for, now),
-            )
-        finally:
-            # Given back, or gone with a broken session: either way no longer this worker's.
-            held = self._held.get(host)
-            if held is not None:
-                held.discard(slot)
-                if not held:
-                    del self._held[host]
-        self._wake(host)
-        if down is not None:
-            if host not in self._down:
+        for host, failures, down in rows:
+            if failures:
+                self._failing.add(host)
+            else:
+                self._failing.discard(host)
+            if down is None:
+                self._down.pop(host, None)
+                continue
+            if down > now and self._down.get(host, now) <= now:
                 log.warning(
                     "%s failed %d times in a row: left alone by every worker for %g s",
                     host,
@@ -195,8 +210,60 @@ class HostSlots:
                     self.down_for,
                 )
             self._down[host] = float(down)
-        elif outcome == "answered":
-            self._down.pop(host, None)
+
+    async def _give(self, host: str, slots: list[int], outcome: str) -> None:
+        now = self.clock()
+        try:
+            rows = await self._call(
+                "SELECT * FROM queue_give_slots(%s, %s, %s, %s, %s, %s, %s)",
+                lambda: (host_key(host), slots, host, outcome, self.threshold, self.down_for, now),
+            )
+        finally:
+            # Given back, or gone with a broken session: either way no longer this worker's.
+            held = self._held.get(host)
+            if held is not None:
+                held.difference_update(slots)
+                if not held:
+                    del self._held[host]
+        self._wake(host)
+        self._heard(rows)
+
+    def _report(self, host: str, outcome: str) -> None:
+        """Count ``outcome`` for the breaker with the next group of reports (not waited for)."""
+        self._reports.append((host, outcome))
+        if self._reporter is None or self._reporter.done():
+            self._reporter = asyncio.create_task(self._send_reports(), name="queue-slot-reports")
+
+    async def _send_reports(self) -> None:
+        while self._reports:  # bounded: each pass empties the list; requests refill it
+            sent, self._reports = self._reports, []
+            hosts, outcomes = [h for h, _ in sent], [o for _, o in sent]
+            try:
+                rows = await self._call(
+                    "SELECT * FROM queue_report(%s, %s, %s, %s, %s)",
+                    partial(self._report_args, hosts, outcomes),
+                )
+            except QueueError as exc:
+                log.warning("cannot count outcomes for the shared breaker: %s", exc)
+                return
+            self._heard(rows)
+
+    def _report_args(self, hosts: list[str], outcomes: list[str]) -> tuple[Any, ...]:
+        return hosts, outcomes, self.threshold, self.down_for, self.clock()
+
+    async def _release(self, host: str, slot: int, outcome: str) -> None:
+        if outcome == "failed" or host in self._failing:
+            # A host in a failure streak: every request is counted before the next one goes,
+            # and its slots go back, so the breaker trips at the same request for everyone.
+            await self._give(host, [slot, *self._kept.pop(host, [])], outcome)
+        elif self._wanting[host] > 1:
+            # Another request of this worker wants the host: it takes this slot, no round trip.
+            self._kept.setdefault(host, []).append(slot)
+            self._wake(host)
+            if outcome == "answered":
+                self._report(host, outcome)
+        else:
+            await self._give(host, [slot, *self._kept.pop(host, [])], outcome)
 
     @contextlib.asynccontextmanager
     async def slot(self, host: str) -> AsyncIterator[None]:
@@ -207,15 +274,28 @@ class HostSlots:
             FetchError: ``host-down``, when the shared breaker has the host down.
             QueueError: the database cannot be reached.
         """
-        slot = await self._take(host)
-        failure: BaseException | None = None
+        local = self._local.setdefault(host, asyncio.Semaphore(self.per_host))
+        self._wanting[host] += 1
         try:
-            yield
-        except BaseException as exc:
-            failure = exc
-            raise
+            async with local:
+                slot = await self._take(host)
+                failure: BaseException | None = None
+                try:
+                    yield
+                except BaseException as exc:
+                    failure = exc
+                    raise
+                finally:
+                    # Shielded: a cancelled request still gives its slot back (else only the
+                    # session's end would).
+                    with contextlib.suppress(QueueError):
+                        await asyncio.shield(self._release(host, slot, _outcome(failure)))
         finally:
-            # Shielded: a cancelled request still gives its slot back (else only the session's
-            # end would).
-            with contextlib.suppress(QueueError):
-                await asyncio.shield(self._give(host, slot, _outcome(failure)))
+            self._wanting[host] -= 1
+            if not self._wanting[host]:
+                del self._wanting[host]
+                # Kept for a request that then never asked (host-down, cancelled): back now.
+                kept = self._kept.pop(host, None)
+                if kept:
+                    with contextlib.suppress(QueueError):
+                        await asyncio.shield(self._give(host, kept, "other"))

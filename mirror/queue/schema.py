@@ -13,7 +13,9 @@ under an advisory lock, so workers started together create it once:
   circuit breaker every worker shares (consecutive host-level failures and ``down_until``, in
   Unix seconds); ``queue_workers``, which machine and pid each procrastinate worker is (gone
   with it); and the two functions that take and give back a per-host slot (a session advisory
-  lock ``(hash(host), SLOT_BASE + slot)``, released by PostgreSQL itself when a worker dies).
+  lock ``(hash(host), SLOT_BASE + slot)``, released by PostgreSQL itself when a worker dies);
+  ``queue_sources``, which task each queued source is in (what enqueue skips), and a trigger
+  on ``procrastinate_jobs`` announcing each task that ends (NOTIFY ``queue_tasks``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ MIGRATE_KEY = (0x6D71, 1)
 SLOT_BASE = 0x6D690000
 # Where a released slot is announced (its payload: the host).
 SLOT_CHANNEL = "queue_slots"
+# Where a task that ended is announced (its payload: the queue's name).
+TASK_CHANNEL = "queue_tasks"
 
 # Append only: a released migration is never edited; its index + 1 is the queue schema version.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -95,6 +99,62 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             END IF;
             RETURN d;
         END $$""",
+    ),
+    (
+        # Which sources wait or run in which task (a task is a batch of one host's sources):
+        # enqueue skips a source whose task is still 'todo' or 'doing'. Best effort; a row
+        # whose task ended or vanished is stale and ignored, and a source queued twice is
+        # still fetched once (the manifest is asked first, under the source's claim).
+        """CREATE TABLE queue_sources (
+            lock TEXT COLLATE "C" PRIMARY KEY, job BIGINT NOT NULL)""",
+        "CREATE INDEX queue_sources_job ON queue_sources (job)",
+        # Count outcomes for the breaker, in the order given, as queue_give_slot does, without
+        # giving a slot back (a worker keeps the slots of a healthy host it is busy with).
+        # Returns each named host's breaker row, for the worker to hear what the others did.
+        """CREATE FUNCTION queue_report(hs TEXT[], outcomes TEXT[], threshold INTEGER,
+            down_for DOUBLE PRECISION, now DOUBLE PRECISION)
+            RETURNS TABLE (o_host TEXT, o_failures BIGINT, o_down DOUBLE PRECISION)
+            LANGUAGE plpgsql AS $$
+        DECLARE
+            f BIGINT;
+        BEGIN
+            FOR i IN 1 .. coalesce(array_length(hs, 1), 0) LOOP
+                IF outcomes[i] = 'failed' THEN
+                    INSERT INTO queue_hosts AS q (host, failures) VALUES (hs[i], 1)
+                        ON CONFLICT (host) DO UPDATE SET failures = q.failures + 1
+                        RETURNING q.failures INTO f;
+                    IF f >= threshold THEN
+                        UPDATE queue_hosts SET down_until = now + down_for WHERE host = hs[i];
+                    END IF;
+                ELSIF outcomes[i] = 'answered' THEN
+                    UPDATE queue_hosts SET failures = 0, down_until = NULL
+                        WHERE host = hs[i] AND (failures > 0 OR down_until IS NOT NULL);
+                END IF;
+            END LOOP;
+            RETURN QUERY SELECT q.host, q.failures, q.down_until FROM queue_hosts q
+                WHERE q.host = ANY(hs);
+        END $$""",
+        # Give slots of one host back (announced once) and count the last request's outcome.
+        f"""CREATE FUNCTION queue_give_slots(k INTEGER, ss INTEGER[], h TEXT, outcome TEXT,
+            threshold INTEGER, down_for DOUBLE PRECISION, now DOUBLE PRECISION)
+            RETURNS TABLE (o_host TEXT, o_failures BIGINT, o_down DOUBLE PRECISION)
+            LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM pg_advisory_unlock(k, {SLOT_BASE} + s) FROM unnest(ss) AS s;
+            PERFORM pg_notify('{SLOT_CHANNEL}', h);
+            RETURN QUERY SELECT * FROM queue_report(ARRAY[h], ARRAY[outcome], threshold,
+                down_for, now);
+        END $$""",
+        # A task that ends is announced (payload: its queue), so `run --workers` sees the queue
+        # drain at once instead of at its next look.
+        f"""CREATE FUNCTION queue_task_ended() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM pg_notify('{TASK_CHANNEL}', NEW.queue_name);
+            RETURN NULL;
+        END $$""",
+        """CREATE TRIGGER queue_task_ended AFTER UPDATE OF status ON procrastinate_jobs
+            FOR EACH ROW WHEN (OLD.status = 'doing' AND NEW.status NOT IN ('todo', 'doing'))
+            EXECUTE FUNCTION queue_task_ended()""",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

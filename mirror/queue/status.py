@@ -2,10 +2,11 @@
 ``mirror status``: the queue per origin host (queued / running / done / failed) and the workers
 alive, as a table or ``--json``.
 
-Each source counts once, by its newest task: ``queued`` waits (a retry scheduled later
-included), ``running`` is held by a worker, ``done`` finished with the source mirrored,
-``failed`` finished without (the manifest's row says why; ``mirror report`` shows it) or the
-task itself failed past its retries. A worker is alive while its heartbeat is younger than
+Each source counts once, by its newest task (a batch of one host's sources): ``queued`` waits
+(a retry scheduled later included), ``running`` is in a task a worker holds and not recorded
+since it started, ``done`` finished (or recorded) with the source mirrored, ``failed`` finished
+without (the manifest's row says why; ``mirror report`` shows it) or the task itself failed
+past its retries. A worker is alive while its heartbeat is younger than
 ``queue.stalled_after``. Reads only: nothing is created, and a database without a queue says so.
 """
 
@@ -22,23 +23,38 @@ from mirror.manifest.postgres import redact
 from mirror.queue.app import QUEUE, require_postgres
 from mirror.queue.schema import has_schema
 
-# The manifest's ``sources`` table (mirror/manifest/postgres_schema.py) says how a task ended.
+# The manifest's ``sources`` table (mirror/manifest/postgres_schema.py) says how a task ended,
+# and, while a task runs, which of its sources it has recorded since it started. A job of one
+# source (queued by a mirror before batches) is its own one-element batch.
 _HOSTS = """
-WITH latest AS (
-    SELECT DISTINCT ON (j.args->>'source') j.args->>'source' AS source,
-           j.args->>'host' AS host, j.status::text AS status
+WITH items AS (
+    SELECT item->>'source' AS source, COALESCE(j.args->>'host', item->>'host') AS host,
+           j.id, j.status::text AS status
       FROM procrastinate_jobs j
+     CROSS JOIN LATERAL jsonb_array_elements(
+           CASE WHEN j.args ? 'sources' THEN j.args->'sources' ELSE jsonb_build_array(j.args)
+           END) AS item
      WHERE j.queue_name = %s
-     ORDER BY j.args->>'source', j.id DESC
+), latest AS (
+    SELECT DISTINCT ON (source) source, host, id, status FROM items ORDER BY source, id DESC
+), started AS (
+    SELECT e.job_id, EXTRACT(EPOCH FROM max(e.at))::float8 AS at
+      FROM procrastinate_events e JOIN latest l ON l.id = e.job_id AND l.status = 'doing'
+     WHERE e.type = 'started' GROUP BY e.job_id
+), counted AS (
+    SELECT l.host, s.status AS row_status,
+           CASE WHEN l.status = 'doing' AND s.last_attempt >= t.at THEN 'succeeded'
+                ELSE l.status END AS status
+      FROM latest l LEFT JOIN sources s ON s.source = l.source
+      LEFT JOIN started t ON t.job_id = l.id
 )
-SELECT l.host,
-       count(*) FILTER (WHERE l.status = 'todo'),
-       count(*) FILTER (WHERE l.status = 'doing'),
-       count(*) FILTER (WHERE l.status = 'succeeded' AND s.status = 'mirrored'),
-       count(*) FILTER (WHERE l.status IN ('failed', 'aborted', 'cancelled')
-                           OR (l.status = 'succeeded' AND s.status IS DISTINCT FROM 'mirrored'))
-  FROM latest l LEFT JOIN sources s ON s.source = l.source
- GROUP BY l.host ORDER BY l.host
+SELECT host,
+       count(*) FILTER (WHERE status = 'todo'),
+       count(*) FILTER (WHERE status = 'doing'),
+       count(*) FILTER (WHERE status = 'succeeded' AND row_status = 'mirrored'),
+       count(*) FILTER (WHERE status IN ('failed', 'aborted', 'cancelled')
+                           OR (status = 'succeeded' AND row_status IS DISTINCT FROM 'mirrored'))
+  FROM counted GROUP BY host ORDER BY host
 """
 _WORKERS = """
 SELECT w.id, q.hostname, q.pid, q.concurrency, q.started,

@@ -2,11 +2,14 @@
 ``mirror worker``: fetch → verify → store → manifest for queued sources, on any machine.
 
 A worker is a procrastinate worker on the ``mirror-fetch`` queue running up to
-``queue.concurrency`` (else ``fetch.jobs``) tasks at once, each one source. It holds what a run
-of ``mirror fetch`` holds (one :class:`~mirror.fetch.Fetcher`, the store, the manifest) and,
-for politeness across workers, :class:`~mirror.queue.hosts.HostSlots`. A task that finds its
-source mirrored (and the object there) or a failure not due yet does nothing; else it downloads
-as the pipeline does and records the outcome (a failure's backoff as the pipeline computes it).
+``queue.concurrency`` (else ``fetch.jobs``) tasks at once, each a batch of one host's sources
+whose downloads run side by side (``fetch.per_host`` at once per host, in this process and, by
+:class:`~mirror.queue.hosts.HostSlots`, across every worker). It holds what a run of ``mirror
+fetch`` holds (one :class:`~mirror.fetch.Fetcher`, the store, the manifest). A task claims its
+sources (:mod:`mirror.queue.claims`), asks the manifest about all of them at once, skips those
+mirrored (and the object there) or failed and not due yet, downloads the rest as the pipeline
+does and records each outcome as it comes (a failure's backoff as the pipeline computes it),
+many sources per transaction when they finish together (:class:`Recorder`).
 
 Every ``queue.heartbeat`` seconds the worker tells procrastinate it is alive and looks for the
 tasks of workers silent for ``queue.stalled_after`` (killed with SIGKILL, a machine lost): those
@@ -35,10 +38,11 @@ from mirror.config import Config
 from mirror.downloader import Downloader, Outcome
 from mirror.errors import QueueError
 from mirror.fetch import Fetcher
-from mirror.manifest import open_manifest
+from mirror.manifest import SourceResult, SourceRow, open_manifest
 from mirror.manifest.base import Manifest
 from mirror.manifest.postgres import redact
-from mirror.queue.app import QUEUE, RUNNER, Payload, WorkerJobs, build_app, identity
+from mirror.queue.app import QUEUE, RUNNER, Batch, Payload, WorkerJobs, build_app, identity
+from mirror.queue.claims import Claims
 from mirror.queue.hosts import HostSlots
 from mirror.queue.schema import ensure_schema
 from mirror.store import open_store
@@ -81,8 +85,49 @@ async def open_queue(config: Config, *, pool_size: int = 4) -> procrastinate.App
     return app
 
 
+class Recorder:
+    """
+    Group commit of results: what finishes while a write is on its way goes in the next one.
+
+    Under load one transaction records many sources, and each task still returns only once its
+    results are in the manifest (a worker killed after that never fetches them again).
+    """
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+        self._pending: list[tuple[SourceResult, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def record(self, result: SourceResult) -> None:
+        """Return once ``result`` is in the manifest (ManifestError when it could not be)."""
+        done = asyncio.get_running_loop().create_future()
+        self._pending.append((result, done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write(), name="queue-recorder")
+        await done
+
+    async def _write(self) -> None:
+        while self._pending:  # bounded: each pass empties the list; tasks refill it
+            batch, self._pending = self._pending, []
+            try:
+                await self.manifest.record_results([result for result, _ in batch])
+            except Exception as exc:  # handed to every task whose result it was
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+            else:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
+
+    async def aclose(self) -> None:
+        """Wait for the write on its way, before the manifest closes."""
+        if self._writer is not None:
+            await asyncio.gather(self._writer, return_exceptions=True)
+
+
 class Runner:
-    """What a task calls: the worker's resources and the one-source job."""
+    """What a task calls: the worker's resources and the job of one batch."""
 
     def __init__(
         self,
@@ -91,36 +136,73 @@ class Runner:
         store: ObjectStore,
         downloader: Downloader,
         slots: HostSlots,
+        claims: Claims,
         clock: Callable[[], float],
+        downloads: int,
     ) -> None:
         self.config = config
         self.manifest = manifest
         self.store = store
         self.downloader = downloader
         self.slots = slots
+        self.claims = claims
+        self.recorder = Recorder(manifest)
+        # A task's sources download side by side: at most this many of the worker's at once.
+        self.downloads = asyncio.Semaphore(downloads)
         self.clock = clock
         self.outcomes: Counter[str] = Counter()
 
-    async def fetch(self, payload: Payload) -> str:
-        """Fetch one source unless the manifest has it or its failure is not due; record it."""
+    async def fetch(self, batch: Batch, job: int) -> None:
+        """
+        Fetch each source of ``batch`` that needs it, under its claim; record each outcome.
+
+        A source another worker (or another task of this one) has claimed is waited for, then
+        asked about again: bounded by that worker, which records it or dies and lets it go.
+
+        Raises:
+            StoreError, ManifestError, QueueError: the task is tried again (Retry).
+        """
+        todo = {p.source: p for p in batch.payloads}
+        claimed: list[str] = []
+        try:
+            while todo:
+                claimed = await self.claims.take(list(todo))
+                if not claimed:
+                    await asyncio.sleep(self.config.queue.poll_interval)
+                    continue
+                rows = await self.manifest.get_many(claimed)
+                mine = [todo.pop(source) for source in claimed]
+                done = await asyncio.gather(
+                    *(self._one(p, rows.get(p.source)) for p in mine), return_exceptions=True
+                )
+                await self.claims.give(claimed, job)
+                claimed = []
+                failed = next((e for e in done if isinstance(e, BaseException)), None)
+                if failed is not None:
+                    raise failed
+        finally:
+            if claimed:
+                with contextlib.suppress(QueueError):
+                    await asyncio.shield(self.claims.give(claimed, job))
+
+    async def _one(self, payload: Payload, row: SourceRow | None) -> None:
         source, now = payload.source, self.clock()
-        row = await self.manifest.get(source)
         if row is not None and row.status == "mirrored" and row.sha256 and row.ext:
             if await self.store.stat(row.sha256, row.ext) is not None:
                 self.outcomes["already"] += 1
-                return "mirrored"
+                return
         elif row is not None and (row.next_attempt or 0) > now:
             self.outcomes["not-due"] += 1
-            return row.status
-        outcome = await self.downloader.download(source, payload.refs(), payload.context(), {})
+            return
+        async with self.downloads:
+            outcome = await self.downloader.download(source, payload.refs(), payload.context(), {})
         if outcome.status != "mirrored":
             due = failure_due(self.config, outcome, (row.failures if row else 0) + 1, now)
             if outcome.reason == "host-down":
                 due = max(due, self.slots.down_until(payload.host) or due)
             outcome = dataclasses.replace(outcome, next_attempt=due)
-        await self.manifest.record_results([outcome.result(source, now)])
+        await self.recorder.record(outcome.result(source, now))
         self.outcomes[outcome.status] += 1
-        return outcome.status
 
 
 async def _register(app: procrastinate.App, worker_id: int, concurrency: int) -> None:
@@ -148,8 +230,11 @@ async def reap(app: procrastinate.App, stalled_after: float) -> int:
         try:
             await manager.retry_job(job)
             requeued += 1
+            batch = Batch.from_json(job.task_kwargs)
             log.warning(
-                "queued again the task of a silent worker: source=%s", job.task_kwargs["source"]
+                "queued again the task of a silent worker: %d sources of %s",
+                len(batch.payloads),
+                batch.host,
             )
         except queue_errors.UniqueViolation:
             with contextlib.suppress(queue_errors.ConnectorException):
@@ -198,7 +283,10 @@ async def run_worker(
         slots = await stack.enter_async_context(HostSlots(config.manifest.url, config, clock=clock))
         # The per-run breaker is off: the shared one (slots) stands in for it.
         downloader = Downloader(config, fetcher, store, manifest, clock, breaker=False, guard=slots)
-        runner = Runner(config, manifest, store, downloader, slots, clock)
+        claims = await stack.enter_async_context(Claims(config.manifest.url))
+        runner = Runner(config, manifest, store, downloader, slots, claims, clock, jobs)
+        # Before the manifest closes (the stack unwinds last in, first out).
+        stack.push_async_callback(runner.recorder.aclose)
 
         async def registered(worker_id: int) -> None:
             await _register(app, worker_id, jobs)
