@@ -5,11 +5,11 @@ SQLite and a local folder. The end state must be the same: the posts after the r
 objects, the manifest's rows; no source lost, and no source fetched again except those the
 killed worker had in flight.
 
-``queue.stalled_after`` is 8 s, not less: on a loaded 2-CPU machine a live worker's heartbeat
-was seen more than 3 s late, and procrastinate then takes its running tasks for a dead
-worker's, so a second worker fetched the same source while the first still did (the
-fetch-count assertion below caught it). Content addressing makes such a second upload
-harmless; the lease timeout must still exceed the worst heartbeat delay.
+``queue.stalled_after`` is 8 s: on a loaded 2-CPU machine a live worker's heartbeat was seen
+more than 3 s late, and procrastinate then takes its running tasks for a dead worker's. That
+once made a second worker fetch a source the first still fetched (the fetch-count assertion
+below caught it); since tasks claim their sources (mirror/queue/claims.py) the second waits
+instead, which tests/test_queue.py checks on its own. 8 s keeps this test about the kill.
 """
 
 from __future__ import annotations

@@ -248,9 +248,13 @@ async def test_object_cache_counts_what_each_object_holds(
         shas.append(hashlib.sha256(data).hexdigest())
         await store.put(data, shas[-1], "gif", "image/gif")
     cache = ObjectCache(store, 256 * 1024)
+    gc.collect()
     start = traced()
     for sha in shas:
         assert await cache.load(sha, "gif") is not None
+    # Cycles left by the reads (futures, frames) are garbage, not what the cache holds: once
+    # seen in CI's full run as 4 MB not yet collected.
+    gc.collect()
     used = traced() - start
     assert cache.held <= 256 * 1024
     assert 256 * 1024 // (10 + ENTRY_BYTES) == len(cache._items)
