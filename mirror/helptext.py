@@ -48,6 +48,9 @@ examples:
   mirror serve --store cache               the proxy's drop-in replacement on 127.0.0.1:8080
   mirror COMMAND --help                    what a command does, its PATHs and examples"""
 
+# The commands that take no PATH.
+NO_PATH = ("serve", "demo", "verify", "sync", "worker", "status")
+
 # command -> (one-line help, description paragraph, examples)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "scan": (
@@ -163,6 +166,39 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
   mirror sync ./cache s3://my-bucket/mirror
   mirror sync --dry-run s3://my-bucket/mirror ./restored""",
     ),
+    "enqueue": (
+        "queue the posts' sources for the workers",
+        "Scan the posts and queue, in the PostgreSQL database [manifest] url names, every "
+        "source not yet mirrored or due again, in tasks of up to queue.batch sources of one "
+        "origin host; a source already queued is not queued twice. Posts are left untouched: "
+        "`mirror worker` fetches, `mirror rewrite` points the posts at the copies once the "
+        "queue has drained (`mirror status` shows it). Needs a postgresql:// manifest (exit 2 "
+        "otherwise).",
+        """\
+  mirror enqueue source/_posts
+  mirror enqueue --json source/_posts other-blog/source/_posts""",
+    ),
+    "worker": (
+        "fetch queued sources until SIGTERM",
+        "Take queued tasks and fetch, verify and store their sources into the shared store and "
+        "manifest, on any number of machines at once: at most fetch.per_host requests per "
+        "origin host across all workers, one circuit breaker per host for all of them, each "
+        "source fetched by one worker at a time. Runs until SIGTERM or Ctrl-C, then gives back "
+        "the tasks it had not finished; a worker killed outright has its tasks queued again "
+        "once its heartbeat is queue.stalled_after old.",
+        """\
+  mirror worker
+  mirror worker --concurrency 16 --sources origin,proxy,wayback""",
+    ),
+    "status": (
+        "the queue per host, the workers",
+        "Print the queue by origin host (queued, running, done, failed sources) and the "
+        "workers alive, how many tasks each is running and when it was last heard from. Reads the "
+        "database only; --json prints the same as one JSON object.",
+        """\
+  mirror status
+  mirror status --json""",
+    ),
     "report": (
         "write a visual HTML report",
         "Write one self-contained HTML page about the store: totals, failures by origin host "
@@ -179,7 +215,7 @@ def epilog(command: str) -> str:
     """A command's epilog: what PATH means (when it takes one), examples, exit statuses."""
     _help, _description, examples = COMMANDS[command]
     parts = []
-    if command not in ("serve", "demo", "verify", "sync"):
+    if command not in NO_PATH:
         parts.append(paragraph(PATH))
     parts.append("examples:\n" + examples)
     parts.append(exit_statuses())

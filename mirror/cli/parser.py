@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(handler=cmd_run)
     queue.add_run_option(run)
-    queue.add_commands(sub, common, network)
+    queue.add_commands(functools.partial(_command, sub), common, network)
 
     serve = _command(sub, "serve", [common, network])
     _store_option(serve, create=True)

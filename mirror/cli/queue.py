@@ -23,7 +23,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,22 +42,25 @@ STOP_SECONDS = 20.0
 
 
 def add_commands(
-    sub: Any, common: argparse.ArgumentParser, network: argparse.ArgumentParser
+    command: Callable[[str, list[argparse.ArgumentParser]], argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+    network: argparse.ArgumentParser,
 ) -> None:
-    """Add ``enqueue``, ``worker`` and ``status`` to the subcommands ``sub``."""
-    enq = sub.add_parser(
-        "enqueue", parents=[common], help="queue the posts' sources for the workers"
-    )
+    """Add ``enqueue``, ``worker`` and ``status`` with ``command(name, parents)``."""
+    enq = command("enqueue", [common])
     enq.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     enq.add_argument("--json", action="store_true", help="print the summary as JSON")
     enq.set_defaults(handler=cmd_enqueue)
-    worker = sub.add_parser(
-        "worker", parents=[common, network], help="fetch queued sources until SIGTERM"
+    worker = command("worker", [common, network])
+    worker.add_argument(
+        "--concurrency",
+        type=_positive,
+        metavar="N",
+        help="sources fetched at once (queue.concurrency, else fetch.jobs)",
     )
-    worker.add_argument("--concurrency", type=_positive, metavar="N", help="sources at once")
     worker.add_argument("--from-run", action="store_true", help=argparse.SUPPRESS)
     worker.set_defaults(handler=cmd_worker)
-    status = sub.add_parser("status", parents=[common], help="the queue per host, the workers")
+    status = command("status", [common])
     status.add_argument("--json", action="store_true", help="print it as JSON")
     status.set_defaults(handler=cmd_status)
 
