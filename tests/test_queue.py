@@ -303,3 +303,40 @@ async def test_a_busy_worker_keeps_a_healthy_hosts_slots_between_requests(
         gate.set()
         await asyncio.gather(*others)
         assert (2, 0) == (theirs.taken, theirs.waits)
+
+
+async def test_a_slot_kept_for_a_request_that_then_leaves_goes_back(
+    pg_url: str, tmp_path: Path, make_config: Any
+) -> None:
+    """
+    per_host = 1: the request ending keeps its slot for the one waiting behind it; that one is
+    cancelled before it runs, so nobody takes the slot. It goes back to the database at once
+    (else only the session's end would free it, and the host would stall for every worker).
+    """
+    from mirror.queue.hosts import HostSlots
+
+    config = queue_config(make_config(per_host=1), pg_url, tmp_path)
+    await open_queue(config)
+    host = "kept.example"
+
+    async def second(slots: HostSlots) -> None:
+        async with slots.slot(host):
+            raise AssertionError("cancelled before it runs: never gets the slot")
+
+    async with HostSlots(pg_url, config) as mine, HostSlots(pg_url, config) as theirs:
+        async with mine.slot(host):
+            waiting = asyncio.create_task(second(mine))
+            for _ in range(POLLS):  # it runs up to the per-host semaphore, without a wait
+                if mine._wanting[host] == 2:
+                    break
+                await asyncio.sleep(0)
+            assert 2 == mine._wanting[host]
+        # The slot was kept for `waiting`, which is woken but has not run yet.
+        assert [0] == mine._kept[host]
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert host not in mine._kept
+        assert host not in mine._held
+        async with theirs.slot(host):
+            assert (1, 0) == (theirs.taken, theirs.waits)
