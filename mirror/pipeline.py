@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
-import json
 import os
 import secrets
 import sys
@@ -40,10 +39,11 @@ from mirror.downloader import Context, Downloader, Outcome
 from mirror.errors import ExitStatus, MirrorError
 from mirror.extract import Extractor, post_date
 from mirror.fetch import Fetcher
+from mirror.jsonl import reference_row, write_row
 from mirror.manifest import PostState, SourceResult, SourceRow, dry_run_manifest, open_manifest
 from mirror.manifest.base import Manifest
 from mirror.models import ImageRef, Post, StoredObject
-from mirror.rewrite import decode, encode, post_diff, replace, text_url
+from mirror.rewrite import decode, encode, post_diff, replace
 from mirror.scan import find_posts, read_post, write_recorded
 from mirror.source import origin_host
 from mirror.store import ObjectStore, local_url, open_store
@@ -58,8 +58,6 @@ MAX_BACKOFF = 7 * 24 * 3600.0
 RECENT = 4096
 # A dry run lists this many of the URLs a real run would fetch.
 PLAN_URLS = 10
-# The report's reason for a mirrored reference in Markdown text left as written (no absolute URL).
-TEXT_NEEDS_ABSOLUTE_URL = "text-needs-absolute-url"
 # How long a run's pin outlives it when the run is killed: far longer than any post's wait
 # between an object's commit and its rows' (one batch), short enough to free serve's budget.
 PIN_SECONDS = 6 * 3600.0
@@ -208,7 +206,8 @@ def _context(source: str, refs: list[ImageRef], date: str | None) -> Context:
     return Context(tuple(others), date)
 
 
-def _outcome_from_row(row: SourceRow) -> Outcome:
+def outcome_from_row(row: SourceRow) -> Outcome:
+    """Return the outcome a mirrored manifest row stands for, as a run found it."""
     obj = StoredObject(row.sha256 or "", row.ext or "", row.size or 0, "")
     return Outcome(
         "mirrored",
@@ -451,7 +450,7 @@ class Job:
             )
         )
         for source in paired:
-            outcomes[source] = _outcome_from_row(known[source])
+            outcomes[source] = outcome_from_row(known[source])
         reported = [r for r in refs if r.source in outcomes]
         mapping = {
             source: local_url(self.config.base_url, o.obj.sha256, o.obj.ext)
@@ -562,7 +561,7 @@ class Job:
             )
             if stale and not self.dry_run:
                 return await self._refresh(source, refs, context, row, now)
-            return _outcome_from_row(row)
+            return outcome_from_row(row)
         if self.only_failed and not self._selected(row):
             reason = "not-selected" if row is not None else "not-failed"
             return Outcome("skipped", reason, next_attempt=now)
@@ -599,7 +598,7 @@ class Job:
             headers["If-None-Match"] = row.etag
         if row.last_modified:
             headers["If-Modified-Since"] = row.last_modified
-        kept = _outcome_from_row(row)
+        kept = outcome_from_row(row)
         outcome = await self._downloader.download(source, refs, context, headers, names=("origin",))
         if outcome.obj is None:
             # 304, or the origin failed: the stored copy stands (the manifest keeps it too).
@@ -650,33 +649,5 @@ class Job:
             self.summary.failed_hosts[origin_host(ref.source)] += 1
         if self.report is None:
             return
-        reason = outcome.reason
-        if url is not None and ref.where == "text":
-            # A relative URL in prose is no longer a link: such a reference stays as written.
-            url = text_url(url, self.config.rewrite.site_url)
-            reason = reason if url is not None else TEXT_NEEDS_ABSOLUTE_URL
-        obj = outcome.obj
-        row = {
-            "post": ref.post,
-            "line": ref.line,
-            "url": ref.decoded,
-            "source": ref.source,
-            "where": ref.where,
-            "declared": list(ref.declared) if ref.declared else None,
-            "status": outcome.status,
-            "reason": reason,
-            "sha256": obj.sha256 if obj else None,
-            "bytes": obj.size if obj else None,
-            "format": outcome.format,
-            "width": outcome.width,
-            "height": outcome.height,
-            "file": self.store.key(obj.sha256, obj.ext) if obj else None,
-            "local_url": url,
-            "via": outcome.via,
-            "fetched_from": outcome.fetched_from,
-            "attempts": [
-                {"source": a.source, "url": a.url, "outcome": a.outcome, "detail": a.detail}
-                for a in outcome.attempts
-            ],
-        }
-        self.report.write(json.dumps(row, ensure_ascii=False) + "\n")
+        row = reference_row(ref, outcome, url, self.config.rewrite.site_url, self.store.key)
+        write_row(self.report, row)

@@ -168,27 +168,60 @@ def test_run_workers_needs_postgresql(tmp_path: Path) -> None:
 async def test_run_workers_rewrites_as_a_plain_run(
     pg_url: str, tmp_path: Path, upstream: Any
 ) -> None:
-    """`mirror run --workers 2` over PostgreSQL leaves the posts as one plain run on SQLite does."""
+    """
+    `mirror run --workers 2 --report` over PostgreSQL leaves the posts, and writes the report,
+    as one plain run on SQLite does; the folder it filled is a store to every other command.
+    """
+    from mirror.marker import is_store
+
     config_path = write_config(tmp_path, pg_url, upstream)
     urls = [upstream.url("/img.png"), upstream.url("/img.jpg"), upstream.url("/status/404")]
     queued = write_posts(tmp_path / "queued", urls)
     plain = write_posts(tmp_path / "plain", urls)
-    run = mirror("run", "--config", str(config_path), "--workers", "2", str(queued))
+    report = tmp_path / "queued.jsonl"
+    run = mirror(
+        "run", "--config", str(config_path), "--workers", "2", "--report", str(report), str(queued)
+    )
     _, err = await asyncio.to_thread(run.communicate, timeout=120)
     sqlite = tmp_path / "sqlite.toml"
     text = config_path.read_text(encoding="utf-8")
     sqlite.write_text(text.replace(f'url = "{pg_url}"', 'url = ""'), encoding="utf-8")
-    single = mirror("run", "--config", str(sqlite), "--store", str(tmp_path / "cache2"), str(plain))
+    report2 = tmp_path / "plain.jsonl"
+    store2 = str(tmp_path / "cache2")
+    single = mirror(
+        "run", "--config", str(sqlite), "--store", store2, "--report", str(report2), str(plain)
+    )
     _, err2 = await asyncio.to_thread(single.communicate, timeout=120)
     assert run.returncode == single.returncode, (err, err2)
     expected = (plain / "a.md").read_bytes()
     assert expected == (queued / "a.md").read_bytes()
     assert b"/img.png" not in expected
+    lines = report.read_text(encoding="utf-8").splitlines()
+    assert report2.read_text(encoding="utf-8").splitlines() == lines
+    assert 3 == len(lines)
+    assert is_store(tmp_path / "cache")
     assert {
         urls[0]: ("mirrored", None),
         urls[1]: ("mirrored", None),
         urls[2]: ("failed", "http-404"),
     } == rows(pg_url)
+
+
+def test_run_workers_refuses_what_the_queue_cannot_honour(tmp_path: Path) -> None:
+    """Options the queue has no answer for are refused by name, before any connection."""
+    from mirror.cli import main
+
+    posts = write_posts(tmp_path / "posts", ["http://origin.example/img.png"])
+    config = tmp_path / "config.toml"
+    # Nothing listens there: the refusal comes first.
+    config.write_text('[manifest]\nurl = "postgresql://mirror@127.0.0.1:1/mirror"\n')
+    base = ["run", "-c", str(config), "--workers", "1"]
+    for extra in (["--refresh-after", "30d"], ["--only-failed"], ["--retry-reason", "http-404"]):
+        assert 2 == main([*base, *extra, str(posts)])
+    (tmp_path / "notastore").mkdir()
+    (tmp_path / "notastore" / "notes.txt").write_text("mine")
+    assert 2 == main([*base, "--store", str(tmp_path / "notastore"), str(posts)])
+    assert ["notes.txt"] == [p.name for p in (tmp_path / "notastore").iterdir()]
 
 
 async def test_run_workers_killed_takes_its_workers_along(

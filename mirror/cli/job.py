@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from mirror.cli import queue
-from mirror.cli.options import absolute_paths, check_paths
+from mirror.cli.options import absolute_paths, check_paths, report_stream
 from mirror.config import Config, ManifestConfig, StoreConfig
 from mirror.errors import ExitStatus, MirrorError, StoreError, UsageError
 from mirror.lock import LockedError, command_line
@@ -53,18 +53,6 @@ async def run_job(job: Job, paths: Sequence[Path], quiet: bool) -> RunSummary:
     # Only a terminal gets progress, so only then are the posts walked twice (for the totals).
     with maybe_progress(job, paths, sys.stderr, not quiet and sys.stderr.isatty()):
         return await job.run(paths)
-
-
-def _report_stream(args: argparse.Namespace, stack: contextlib.AsyncExitStack) -> TextIO | None:
-    if args.report is None:
-        return None
-    if str(args.report) == "-":
-        return sys.stdout
-    try:
-        stream: TextIO = stack.enter_context(args.report.open("w", encoding="utf-8"))
-    except OSError as exc:
-        raise UsageError(f"--report {args.report}: {exc.strerror or exc}") from exc
-    return stream
 
 
 async def _once(args: argparse.Namespace, config: Config, *, rewrite: bool) -> ExitStatus:
@@ -99,7 +87,7 @@ async def _once(args: argparse.Namespace, config: Config, *, rewrite: bool) -> E
             rewrite=rewrite,
             dry_run=dry_run,
             out=out,
-            report=_report_stream(args, stack),
+            report=report_stream(args, stack),
             only_failed=args.only_failed,
             retry_reasons=frozenset(args.retry_reason or ()),
             refresh_after=args.refresh_after,

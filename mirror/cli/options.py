@@ -6,6 +6,7 @@ argument types (a bad value is an argparse error naming the flag, exit 2), and c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
 import logging
@@ -13,7 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from mirror.config import SOURCES, Config, parse_duration
 from mirror.errors import REASONS, ConfigError, UsageError, is_reason
@@ -40,6 +41,26 @@ def check_paths(paths: Sequence[Path], config: Config) -> None:
             log.warning(
                 "no posts under %s (scan.include: %s)", path, ", ".join(config.scan.include)
             )
+
+
+def report_stream(
+    args: argparse.Namespace, stack: contextlib.ExitStack | contextlib.AsyncExitStack
+) -> TextIO | None:
+    """
+    Open ``--report FILE`` for writing (``-``: stdout) on ``stack``; None without ``--report``.
+
+    Raises:
+        UsageError: the file cannot be written.
+    """
+    if args.report is None:
+        return None
+    if str(args.report) == "-":
+        return sys.stdout
+    try:
+        stream: TextIO = stack.enter_context(args.report.open("w", encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"--report {args.report}: {exc.strerror or exc}") from exc
+    return stream
 
 
 def absolute_paths(paths: Sequence[Path]) -> list[Path]:

@@ -25,10 +25,12 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
+from mirror.cli.options import absolute_paths, check_paths, report_stream
 from mirror.config import Config, config_from_mapping
 from mirror.errors import ExitStatus, QueueError, UsageError
+from mirror.marker import check_store, mark_store
 
 # procrastinate and psycopg are imported by the commands only, not with the cli.
 
@@ -129,6 +131,7 @@ def cmd_worker(args: argparse.Namespace, config: Config) -> ExitStatus:
         # Started by `run --workers`: its checked config, not this command line's.
         config = config_from_mapping(json.loads(os.environ[CONFIG_ENV]))
     require_postgres(config, "mirror worker")
+    ready_store(config)
     outcomes = asyncio.run(run_worker(config, args.concurrency))
     if not args.quiet:
         done = ", ".join(f"{n} {k}" for k, n in sorted(outcomes.items())) or "nothing"
@@ -221,19 +224,38 @@ def run_with_workers(args: argparse.Namespace, config: Config) -> ExitStatus:
         UsageError: no postgresql manifest, or an option a queued run cannot honour.
     """
     require_postgres(config, "mirror run --workers")
-    if args.dry_run or args.out is not None or args.every is not None:
-        raise UsageError("--workers does not go with --dry-run, --out or --every")
-    paths = [p.absolute() for p in args.paths]
+    refused = [
+        flag
+        for flag, given in (
+            ("--dry-run", args.dry_run),
+            ("--out", args.out is not None),
+            ("--every", args.every is not None),
+            ("--refresh-after", args.refresh_after is not None),
+            ("--only-failed", args.only_failed),
+            ("--retry-reason", bool(args.retry_reason)),
+        )
+        if given
+    ]
+    if refused:
+        raise UsageError(
+            f"--workers does not go with {', '.join(refused)}: the queue fetches what is not "
+            "mirrored or is due (run without --workers for these)"
+        )
+    check_paths(args.paths, config)
+    ready_store(config)
+    paths = absolute_paths(args.paths)
     # SIGTERM ends the run through its finally blocks, so the workers are stopped by pid.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(ExitStatus.INTERRUPTED))
-    # The workers start first: their start-up overlaps the scan and the queueing.
-    with local_workers(config, args.workers) as workers:
-        asyncio.run(_enqueue(config, paths))
-        asyncio.run(_wait_drained(config, workers))
-        # Asked to stop now, waited for after the rewrite: their shutdown overlaps it.
-        for proc in workers:
-            proc.terminate()
-        summary = asyncio.run(_rewrite(config, paths))
+    with contextlib.ExitStack() as stack:
+        report = report_stream(args, stack)
+        # The workers start first: their start-up overlaps the scan and the queueing.
+        with local_workers(config, args.workers) as workers:
+            asyncio.run(_enqueue(config, paths))
+            asyncio.run(_wait_drained(config, workers))
+            # Asked to stop now, waited for after the rewrite: their shutdown overlaps it.
+            for proc in workers:
+                proc.terminate()
+            summary = asyncio.run(_rewrite(config, paths, report))
     if not args.quiet:
         print(
             f"mirror: {summary.posts} posts, {summary.rewritten} rewritten, "
@@ -243,10 +265,26 @@ def run_with_workers(args: argparse.Namespace, config: Config) -> ExitStatus:
     return summary.exit_status
 
 
-async def _rewrite(config: Config, paths: Sequence[Path]) -> RunSummary:
+async def _rewrite(config: Config, paths: Sequence[Path], report: TextIO | None) -> RunSummary:
     from mirror.manifest import open_manifest
     from mirror.pipeline import RunSummary
-    from mirror.queue.rewrite import rewrite_posts
+    from mirror.queue.rewrite import Report, rewrite_posts
+    from mirror.store import open_store
 
-    async with open_manifest(config) as manifest:
-        return await rewrite_posts(config, paths, manifest, RunSummary())
+    async with open_manifest(config) as manifest, open_store(config) as store:
+        rows = None if report is None else Report(report, store.key)
+        return await rewrite_posts(config, paths, manifest, RunSummary(), rows)
+
+
+def ready_store(config: Config) -> None:
+    """
+    A folder store: refuse a folder that is not one (as `mirror run` does), then mark it, so
+    what the workers fill is a store to every other command.
+
+    Raises:
+        UsageError: the folder holds files and is not a store (and ``store.create`` is off).
+    """
+    if config.store.scheme == "file":
+        folder = Path(config.store.path)
+        check_store(folder, create=config.store.create, makes_missing=True)
+        mark_store(folder)

@@ -13,21 +13,32 @@ path. Nothing is fetched here.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from mirror.config import Config
 from mirror.downloader import Outcome
 from mirror.extract import Extractor
+from mirror.jsonl import reference_row, write_row
 from mirror.manifest import SourceRow
 from mirror.manifest.base import Manifest
-from mirror.models import StoredObject
-from mirror.pipeline import RunSummary, post_key
+from mirror.pipeline import RunSummary, outcome_from_row, post_key
 from mirror.queue.enqueue import targets
 from mirror.rewrite import decode, encode, replace
 from mirror.scan import iter_posts, write_recorded
 from mirror.source import origin_host
 from mirror.store.base import local_url
+
+
+@dataclass(frozen=True)
+class Report:
+    """Where the per-reference rows go, and how the store names an object."""
+
+    stream: TextIO
+    key: Callable[[str, str], str]
+
 
 # A source the workers never got to (its task failed past its retries, or was cancelled).
 NOT_FETCHED = "not-fetched"
@@ -38,16 +49,29 @@ def outcome_of(row: SourceRow | None) -> Outcome:
     if row is None:
         return Outcome("skipped", NOT_FETCHED)
     if row.status == "mirrored" and row.sha256 and row.ext:
-        obj = StoredObject(row.sha256, row.ext, row.size or 0, "")
-        return Outcome("mirrored", None, obj, row.format, row.width, row.height)
-    return Outcome(row.status, row.reason, attempts=row.attempts, next_attempt=row.next_attempt)
+        return outcome_from_row(row)
+    return Outcome(
+        row.status,
+        row.reason,
+        fetched_from=row.fetched_from,
+        attempts=row.attempts,
+        next_attempt=row.next_attempt,
+        via=row.via,
+    )
 
 
 async def rewrite_posts(
-    config: Config, paths: Sequence[Path], manifest: Manifest, summary: RunSummary
+    config: Config,
+    paths: Sequence[Path],
+    manifest: Manifest,
+    summary: RunSummary,
+    report: Report | None = None,
 ) -> RunSummary:
     """
     Rewrite every post under ``paths`` (absolute) from ``manifest``; count into ``summary``.
+
+    With ``report`` (the stream and the store's key function), write each reference's row to
+    it as ``mirror run --report`` does.
 
     Raises:
         StoreError: a post cannot be written; ManifestError: the manifest cannot be used.
@@ -66,18 +90,22 @@ async def rewrite_posts(
             if source not in acted and row.status == "mirrored":
                 outcomes[source] = outcome_of(row)
         reported = [r for r in refs if r.source in outcomes]
+        mapping = {
+            s: local_url(config.base_url, o.obj.sha256, o.obj.ext)
+            for s, o in outcomes.items()
+            if o.obj is not None
+        }
         for ref in reported:
             outcome = outcomes[ref.source]
             summary.statuses[outcome.status] += 1
             if outcome.status != "mirrored":
                 summary.reasons[outcome.reason or "unknown"] += 1
                 summary.failed_hosts[origin_host(ref.source)] += 1
+            if report is not None:
+                url = mapping.get(ref.source)
+                line = reference_row(ref, outcome, url, config.rewrite.site_url, report.key)
+                write_row(report.stream, line)
         summary.saw(post.rel, refs, reported, outcomes)
-        mapping = {
-            s: local_url(config.base_url, o.obj.sha256, o.obj.ext)
-            for s, o in outcomes.items()
-            if o.obj is not None
-        }
         chosen = refs
         if config.rewrite.on_failure == "unwrap":
             unwrap = {s: s for s, o in outcomes.items() if o.obj is None}
