@@ -64,13 +64,21 @@ def _mb(size: int) -> str:
 
 
 def run_summary(
-    summary: RunSummary, seconds: float, *, rewrite: bool, dry_run: bool, raw: str
+    summary: RunSummary,
+    seconds: float,
+    *,
+    rewrite: bool,
+    dry_run: bool,
+    raw: str,
+    workers: int = 0,
 ) -> list[str]:
     """
     The closing summary of ``run``/``fetch``/``demo``, one line each.
 
     The first line keeps the shape ``mirror: N posts[ (U unchanged since the last run)], R
     references: ...; W posts rewritten; M MB fetched in S s`` (bench/archive.py reads it).
+    With ``workers`` (``run --workers``: the bytes went through them, not this process) it
+    ends ``fetched by N workers in S s``.
     """
     refs = sum(summary.statuses.values())
     unchanged = f" ({summary.unchanged} unchanged since the last run)" if summary.unchanged else ""
@@ -82,7 +90,10 @@ def run_summary(
     else:
         if rewrite:
             head += f"; {plural(summary.rewritten, 'post')} rewritten"
-        head += f"; {_mb(summary.fetched_bytes)} fetched in {seconds:.1f} s"
+        if workers:
+            head += f"; fetched by {plural(workers, 'worker')} in {seconds:.1f} s"
+        else:
+            head += f"; {_mb(summary.fetched_bytes)} fetched in {seconds:.1f} s"
     lines = [head]
     read = f" in the {plural(summary.posts - summary.unchanged, 'post')} read" if unchanged else ""
     found = acting(

@@ -200,6 +200,12 @@ async def test_run_workers_rewrites_as_a_plain_run(
     assert report2.read_text(encoding="utf-8").splitlines() == lines
     assert 3 == len(lines)
     assert is_store(tmp_path / "cache")
+    # The same summary but for who fetched: "... 1 post rewritten; fetched by 2 workers in".
+    said, said2 = err.decode().splitlines(), err2.decode().splitlines()
+    assert said[0].rsplit("; ", 1)[0] == said2[0].rsplit("; ", 1)[0]
+    assert "; fetched by 2 workers in " in said[0]
+    assert said[1:] == said2[1:]
+    assert "  not mirrored, by reason: http-404 1" in said
     assert {
         urls[0]: ("mirrored", None),
         urls[1]: ("mirrored", None),

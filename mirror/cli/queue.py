@@ -23,6 +23,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -223,6 +224,7 @@ def run_with_workers(args: argparse.Namespace, config: Config) -> ExitStatus:
     Raises:
         UsageError: no postgresql manifest, or an option a queued run cannot honour.
     """
+    started = time.monotonic()
     require_postgres(config, "mirror run --workers")
     refused = [
         flag
@@ -257,11 +259,13 @@ def run_with_workers(args: argparse.Namespace, config: Config) -> ExitStatus:
                 proc.terminate()
             summary = asyncio.run(_rewrite(config, paths, report))
     if not args.quiet:
-        print(
-            f"mirror: {summary.posts} posts, {summary.rewritten} rewritten, "
-            f"{summary.statuses['mirrored']} references mirrored",
-            file=sys.stderr,
+        from mirror.summary import run_summary
+
+        seconds = time.monotonic() - started
+        lines = run_summary(
+            summary, seconds, rewrite=True, dry_run=False, raw=config.scan.raw, workers=args.workers
         )
+        print("\n".join(lines), file=sys.stderr)
     return summary.exit_status
 
 
