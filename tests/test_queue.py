@@ -340,3 +340,50 @@ async def test_a_slot_kept_for_a_request_that_then_leaves_goes_back(
         assert host not in mine._held
         async with theirs.slot(host):
             assert (1, 0) == (theirs.taken, theirs.waits)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_the_rewrite_reads_rows_ahead_and_gives_each_post_its_own(
+    backend: str, pg_url: str, tmp_path: Path, make_config: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    `run --workers`' rewrite asks for two posts' rows at a time here: five posts, each naming
+    its own image, end pointing at their own objects; the failure's post is left as it was.
+    """
+    import hashlib
+    import time
+
+    from mirror.manifest import SourceResult
+    from mirror.pipeline import RunSummary
+    from mirror.queue import rewrite
+
+    monkeypatch.setattr(rewrite, "READ_AHEAD", 2)
+    url = pg_url if backend == "postgres" else f"sqlite:///{tmp_path / 'm.sqlite3'}"
+    config = queue_config(make_config(), url, tmp_path)
+    posts = tmp_path / "posts"
+    posts.mkdir()
+    shas = {}
+    for i in range(5):
+        source = f"http://h{i}.example/{i}.png"
+        (posts / f"p{i}.md").write_text(
+            f'---\ntitle: p{i}\n---\n<img src="{PROXY}{source}">\n', encoding="utf-8"
+        )
+        shas[i] = hashlib.sha256(source.encode()).hexdigest()
+    results = [
+        SourceResult(f"http://h{i}.example/{i}.png", "mirrored", sha256=shas[i], ext="png", size=9)
+        for i in range(4)
+    ]
+    results.append(SourceResult("http://h4.example/4.png", "failed", reason="http-404"))
+    async with open_manifest(config) as manifest:
+        await manifest.record_results(
+            dataclasses.replace(r, attempted_at=time.time()) for r in results
+        )
+        before = (posts / "p4.md").read_bytes()
+        summary = await rewrite.rewrite_posts(config, [posts], manifest, RunSummary())
+    assert (5, 4) == (summary.posts, summary.rewritten)
+    assert Counter({"mirrored": 4, "failed": 1}) == summary.statuses
+    for i in range(4):
+        text = (posts / f"p{i}.md").read_text(encoding="utf-8")
+        assert f"{shas[i]}.png" in text, text
+        assert PROXY not in text
+    assert before == (posts / "p4.md").read_bytes()

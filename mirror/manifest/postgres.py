@@ -3,9 +3,11 @@ The PostgreSQL backend of the manifest seam: :class:`PostgresManifest` (psycopg 
 
 Several processes and machines share one database: ``mirror serve`` nodes and jobs. Queries go
 through a small connection pool (autocommit connections; every write method is one explicit
-transaction). Batches are one statement each (``unnest`` of arrays), and a
-:meth:`~PostgresManifest.record_results` batch runs in pipeline mode, so 256 results cost two
-round trips. The schema and the change feed are described in :mod:`mirror.manifest.postgres_schema`.
+transaction, or one statement that is atomic alone: a rewrite's spans go through the function
+``mirror_record_spans`` in one round trip). Batches are one statement each (``unnest`` of
+arrays), and a :meth:`~PostgresManifest.record_results` batch runs in pipeline mode, so 256
+results cost two round trips. The schema and the change feed are described in
+:mod:`mirror.manifest.postgres_schema`.
 
 Concurrency: the writers of ``sources`` and ``served`` take the change counter's row lock first
 (see that module), so their merges never lose an update; pins take a shared advisory lock and
@@ -248,6 +250,10 @@ class PostgresManifest(SourcesMixin, PostsMixin, ServeMixin):
                 return
             async with self.pool.connection() as conn:
                 yield conn
+
+    def _statement(self, doing: str) -> AbstractAsyncContextManager[Conn]:
+        """A connection for one write statement, atomic alone (autocommit), or the caller's."""
+        return self._read(doing)
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[None]:

@@ -99,35 +99,23 @@ class PostsMixin(Base):
             raise ValueError(f"{len(spans)} spans but {len(sources)} sources for {post}")
         if not spans:
             return None
-        async with self._write("recording spans") as conn:
-            newest = await self._all(
+        # One statement (mirror_record_spans), so one round trip and atomic on its own.
+        async with self._statement("recording spans") as conn:
+            found = await self._all(
                 conn,
-                "SELECT generation, before_sha256 FROM rewrites WHERE post = %s "
-                "ORDER BY generation DESC LIMIT 1 FOR UPDATE",
-                (post,),
-            )
-            generation = 1 if not newest else int(newest[0][0]) + 1
-            if newest and before_sha256 is not None and newest[0][1] == before_sha256:
-                generation = int(newest[0][0])
-                await conn.execute(
-                    "DELETE FROM rewrites WHERE post = %s AND generation = %s", (post, generation)
-                )
-            await conn.execute(
-                "INSERT INTO rewrites VALUES (%s, %s, %s, %s, %s)",
-                (post, generation, before_sha256, after_sha256, self._clock()),
-            )
-            await conn.execute(
-                """INSERT INTO spans SELECT %s, %s, seq - 1, o, a, b, s FROM unnest(%s::int8[],
-                %s::text[], %s::text[], %s::text[]) WITH ORDINALITY AS u(o, a, b, s, seq)""",
+                "SELECT mirror_record_spans(%s, %s, %s, %s, %s, %s, %s, %s)",
                 (
                     post,
-                    generation,
+                    before_sha256,
+                    after_sha256,
+                    self._clock(),
                     [span.offset for span in spans],
                     [span.old for span in spans],
                     [span.new for span in spans],
                     list(sources),
                 ),
             )
+        generation = int(found[0][0])
         return generation
 
     async def spans_for(self, post: str) -> list[Rewrite]:

@@ -148,5 +148,32 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one), pid BIGINT NOT NULL,
             host TEXT NOT NULL, command TEXT NOT NULL, since DOUBLE PRECISION NOT NULL)""",
     ),
+    (
+        # One rewrite's journal in one statement (record_spans): the newest generation of the
+        # post, locked; the same generation again when its before-hash is this one's (a rerun of
+        # a rewrite that did not land), else the next; then its head and its spans.
+        """CREATE FUNCTION mirror_record_spans(
+            p TEXT, before TEXT, after TEXT, created DOUBLE PRECISION,
+            offsets BIGINT[], olds TEXT[], news TEXT[], sources TEXT[]
+        ) RETURNS BIGINT LANGUAGE plpgsql AS $$
+        DECLARE
+            g BIGINT;
+            newest_before TEXT;
+        BEGIN
+            SELECT generation, before_sha256 INTO g, newest_before FROM rewrites
+                WHERE post = p ORDER BY generation DESC LIMIT 1 FOR UPDATE;
+            IF g IS NULL THEN
+                g := 1;
+            ELSIF before IS NOT NULL AND newest_before = before THEN
+                DELETE FROM rewrites WHERE post = p AND generation = g;
+            ELSE
+                g := g + 1;
+            END IF;
+            INSERT INTO rewrites VALUES (p, g, before, after, created);
+            INSERT INTO spans SELECT p, g, seq - 1, o, a, b, s
+                FROM unnest(offsets, olds, news, sources) WITH ORDINALITY AS u(o, a, b, s, seq);
+            RETURN g;
+        END $$""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
