@@ -8,13 +8,10 @@ The benchmark runs in a subprocess: it generates (or reuses) 300 posts in /tmp, 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
+from bench_run import smoke
 
 
 @pytest.mark.slow
@@ -22,16 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_archive_benchmark_smoke(tmp_path: Path) -> None:
     """The smoke benchmark exits 0, mirrors every image once, and its re-runs fetch nothing."""
     summary = tmp_path / "summary.json"
-    done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "archive.py"), "--smoke", "--json", str(summary)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=180,
-        cwd=tmp_path,
-    )
-    output = done.stdout + done.stderr
-    assert 0 == done.returncode, output
+    output = smoke("archive.py", "--smoke", "--json", str(summary), cwd=tmp_path)
     facts = json.loads(summary.read_text(encoding="utf-8"))
     assert [] == facts["problems"], output
     assert facts["archive"]["distinct_images"] == facts["first_run"]["requests"], output

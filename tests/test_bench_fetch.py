@@ -9,11 +9,10 @@ PostgreSQL installed, also `mirror run --workers 2` (the benchmark starts its ow
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from bench_run import smoke
 
 REPO = Path(__file__).resolve().parent.parent
 NGINX = Path("/usr/sbin/nginx")
@@ -25,16 +24,7 @@ def test_fetch_benchmark_smoke() -> None:
     """The smoke benchmark exits 0 and mirror fetch stores all 50 images."""
     if not NGINX.is_file():
         pytest.skip("Debian's nginx is not installed (apt-get install nginx)")
-    done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "fetch.py"), "--smoke"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=180,
-        cwd=REPO,
-    )
-    output = done.stdout + done.stderr
-    assert 0 == done.returncode, output
+    output = smoke("fetch.py", "--smoke", cwd=REPO)
     runs = re.findall(
         r"^\[tmpfs\] run 1 mirror fetch: [\d.]+ s, (\d+)/(\d+) images, exit 0", output, re.MULTILINE
     )
@@ -49,16 +39,7 @@ def test_fetch_benchmark_smoke_workers() -> None:
         pytest.skip("Debian's nginx is not installed (apt-get install nginx)")
     if not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
         pytest.skip("PostgreSQL server binaries not found in /usr/lib/postgresql/*/bin")
-    done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "fetch.py"), "--smoke", "--tools", "mirror-w2"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=180,
-        cwd=REPO,
-    )
-    output = done.stdout + done.stderr
-    assert 0 == done.returncode, output
+    output = smoke("fetch.py", "--smoke", "--tools", "mirror-w2", cwd=REPO)
     runs = re.findall(
         r"^\[tmpfs\] run 1 mirror run --workers 2: [\d.]+ s, (\d+)/(\d+) images, exit 0, .*"
         r"PostgreSQL CPU [\d.]+ s",

@@ -10,11 +10,10 @@ one-second wrk runs.
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from bench_run import smoke
 from pg_server import _bin_folder
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,16 +26,7 @@ def test_serve_benchmark_smoke() -> None:
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").is_file():
             pytest.skip(f"{tool} is not installed (apt-get install {tool})")
-    done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "serve.py"), "--smoke"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=280,
-        cwd=REPO,
-    )
-    output = done.stdout + done.stderr
-    assert 0 == done.returncode, output
+    output = smoke("serve.py", "--smoke", cwd=REPO, timeout=280)
     assert "nginx+mirror /?" in output
     assert "cold misses" in output
     assert "FAILED" not in output
