@@ -131,6 +131,13 @@ class RunSummary:
     planned_posts: Counter[str] = field(default_factory=Counter)
     planned_urls: list[str] = field(default_factory=list)
 
+    def count(self, ref: ImageRef, outcome: Outcome) -> None:
+        """Count how one reference the run acted on ended."""
+        self.statuses[outcome.status] += 1
+        if outcome.status != "mirrored":
+            self.reasons[outcome.reason or "unknown"] += 1
+            self.failed_hosts[origin_host(ref.source)] += 1
+
     def saw(
         self,
         post: str,
@@ -643,10 +650,7 @@ class Job:
             )
 
     def _count(self, ref: ImageRef, outcome: Outcome, url: str | None) -> None:
-        self.summary.statuses[outcome.status] += 1
-        if outcome.status != "mirrored":
-            self.summary.reasons[outcome.reason or "unknown"] += 1
-            self.summary.failed_hosts[origin_host(ref.source)] += 1
+        self.summary.count(ref, outcome)
         if self.report is None:
             return
         row = reference_row(ref, outcome, url, self.config.rewrite.site_url, self.store.key)

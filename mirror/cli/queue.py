@@ -275,9 +275,14 @@ async def _rewrite(config: Config, paths: Sequence[Path], report: TextIO | None)
     from mirror.queue.rewrite import Report, rewrite_posts
     from mirror.store import open_store
 
-    async with open_manifest(config) as manifest, open_store(config) as store:
-        rows = None if report is None else Report(report, store.key)
-        return await rewrite_posts(config, paths, manifest, RunSummary(), rows)
+    async with open_manifest(config) as manifest:
+        if report is None:
+            return await rewrite_posts(config, paths, manifest, RunSummary())
+        # The store only names the report's files: opened (a bucket's client) for that alone.
+        async with open_store(config) as store:
+            return await rewrite_posts(
+                config, paths, manifest, RunSummary(), Report(report, store.key)
+            )
 
 
 def ready_store(config: Config) -> None:

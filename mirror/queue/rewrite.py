@@ -30,7 +30,6 @@ from mirror.pipeline import RunSummary, outcome_from_row, post_key
 from mirror.queue.enqueue import targets
 from mirror.rewrite import decode, encode, replace
 from mirror.scan import iter_posts, write_recorded
-from mirror.source import origin_host
 from mirror.store.base import local_url
 
 
@@ -115,10 +114,7 @@ async def rewrite_posts(
         }
         for ref in reported:
             outcome = outcomes[ref.source]
-            summary.statuses[outcome.status] += 1
-            if outcome.status != "mirrored":
-                summary.reasons[outcome.reason or "unknown"] += 1
-                summary.failed_hosts[origin_host(ref.source)] += 1
+            summary.count(ref, outcome)
             if report is not None:
                 url = mapping.get(ref.source)
                 line = reference_row(ref, outcome, url, config.rewrite.site_url, report.key)

@@ -78,7 +78,7 @@ class FolderStore:
 
     def local_file(self, sha256: str, ext: str) -> Path:
         """Return where the object's file is (or would be); :meth:`stat` tells whether it is."""
-        return self.objects_dir / object_name(sha256, ext)
+        return Path(self._file(sha256, ext))
 
     def _file(self, sha256: str, ext: str) -> str:
         return f"{self._objects}/{object_name(sha256, ext)}"
