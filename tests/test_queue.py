@@ -344,7 +344,11 @@ async def test_a_slot_kept_for_a_request_that_then_leaves_goes_back(
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 async def test_the_rewrite_reads_rows_ahead_and_gives_each_post_its_own(
-    backend: str, pg_url: str, tmp_path: Path, make_config: Any, monkeypatch: pytest.MonkeyPatch
+    backend: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    make_config: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """
     `run --workers`' rewrite asks for two posts' rows at a time here: five posts, each naming
@@ -358,7 +362,9 @@ async def test_the_rewrite_reads_rows_ahead_and_gives_each_post_its_own(
     from mirror.queue import rewrite
 
     monkeypatch.setattr(rewrite, "READ_AHEAD", 2)
-    url = pg_url if backend == "postgres" else f"sqlite:///{tmp_path / 'm.sqlite3'}"
+    # Only the PostgreSQL case needs (and starts) the server.
+    sqlite = f"sqlite:///{tmp_path / 'm.sqlite3'}"
+    url = request.getfixturevalue("pg_url") if backend == "postgres" else sqlite
     config = queue_config(make_config(), url, tmp_path)
     posts = tmp_path / "posts"
     posts.mkdir()
